@@ -1,0 +1,117 @@
+// The Machine interface: everything hvpatch needs from a VMM, and nothing
+// about kernels. Backends live in vmm/ (QEMU via QMP + gdbstub; libvirt later).
+//
+// Run-state contract: a Machine remembers the run state it found the VM in
+// when it was opened and restores exactly that state when it is destroyed,
+// also when unwinding from an error or an interrupt (SIGINT/SIGTERM).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "hvpatch/address.h"
+#include "hvpatch/memory.h"
+
+namespace hvpatch {
+
+// One vCPU's architectural state as hvpatch uses it. Segment selectors are
+// 16-bit values; CPL is the low two bits of CS.
+struct VcpuRegisters {
+    std::uint64_t rax = 0, rbx = 0, rcx = 0, rdx = 0, rsi = 0, rdi = 0, rbp = 0, rsp = 0;
+    std::uint64_t r8 = 0, r9 = 0, r10 = 0, r11 = 0, r12 = 0, r13 = 0, r14 = 0, r15 = 0;
+    std::uint64_t rip = 0, rflags = 0;
+    std::uint16_t cs = 0, ss = 0, ds = 0, es = 0, fs = 0, gs = 0;
+    std::uint64_t fs_base = 0, gs_base = 0, kernel_gs_base = 0;
+    std::uint64_t cr0 = 0, cr2 = 0, cr3 = 0, cr4 = 0, cr8 = 0, efer = 0;
+
+    int cpl() const { return cs & 3; }
+    bool operator==(const VcpuRegisters&) const = default;
+};
+
+// How guest RAM is reached; reported by `hvpatch inspect`.
+struct MemoryAccessInfo {
+    enum class Path { MappedFile, GdbStub } path = Path::GdbStub;
+    std::string ram_file;            // path of the shared RAM file, if mapped
+    std::uint64_t ram_size = 0;      // bytes of guest RAM
+    struct Range {                   // guest-physical range backed by RAM
+        GuestPhysAddr start;
+        std::uint64_t size = 0;
+        std::uint64_t ram_offset = 0;  // offset of `start` in the RAM block
+    };
+    std::vector<Range> ranges;
+};
+
+struct BreakpointHit {
+    int vcpu = 0;          // index of the vCPU that hit it
+    GuestVirtAddr address;
+};
+
+enum class RunState { Running, Paused };
+
+class Machine : public PhysicalMemoryReader {
+public:
+    ~Machine() override = default;
+
+    // Human-readable name of the target ("qmp:/run/vm.sock") for messages.
+    virtual std::string name() const = 0;
+    // "kvm" or "tcg".
+    virtual std::string accelerator() = 0;
+
+    virtual RunState run_state() = 0;
+    // Stops every vCPU. Idempotent.
+    virtual void pause() = 0;
+    // Lets every vCPU run. Idempotent.
+    virtual void resume() = 0;
+
+    // vCPU indices, 0-based, in QEMU's cpu-index order.
+    virtual std::vector<int> vcpus() = 0;
+    // Register access needs the VM paused (throws Error(Guest) otherwise).
+    virtual VcpuRegisters read_registers(int vcpu) = 0;
+    // Writes only the fields that differ from the current values.
+    virtual void write_registers(int vcpu, const VcpuRegisters& regs) = 0;
+
+    virtual MemoryAccessInfo memory_access() = 0;
+    // PhysicalMemoryReader::read_physical reads from the mapped RAM file when
+    // there is one, else through the stub.
+    // Writes always go through the stub so that a TCG vCPU does not keep
+    // executing stale translations of code written behind its back.
+    virtual void write_physical(GuestPhysAddr addr, std::span<const std::byte> data) = 0;
+
+    // Software breakpoints on guest-virtual addresses (kernel addresses: the
+    // stub translates with the current vCPU's page tables).
+    virtual void set_breakpoint(GuestVirtAddr addr) = 0;
+    virtual void clear_breakpoint(GuestVirtAddr addr) = 0;
+    // Resumes the VM and waits until a breakpoint is hit (VM paused again,
+    // returns the hit) or the timeout passes (VM paused again, returns
+    // nullopt).
+    virtual std::optional<BreakpointHit> run_until_breakpoint(std::chrono::milliseconds timeout) = 0;
+};
+
+// Opens a target named on the command line. Supported: "qmp:PATH".
+// Throws Error(Usage) for an unknown scheme, Error(Unreachable) when the
+// target cannot be reached.
+std::unique_ptr<Machine> open_machine(const std::string& target);
+
+// Pauses the VM for the guard's lifetime if it was running; leaves a VM that
+// was already paused as it was.
+class PauseGuard {
+public:
+    explicit PauseGuard(Machine& machine);
+    ~PauseGuard();
+    PauseGuard(const PauseGuard&) = delete;
+    PauseGuard& operator=(const PauseGuard&) = delete;
+    // Time the guest has been paused by this guard so far.
+    std::chrono::nanoseconds paused_for() const;
+
+private:
+    Machine& machine_;
+    bool paused_by_us_ = false;
+    std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace hvpatch
