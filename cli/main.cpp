@@ -1,1 +1,60 @@
-int main() { return 0; }
+// hvpatch: live-patch the kernel of a running VM from the host.
+#include <cstdio>
+#include <cstring>
+
+#include <CLI/CLI.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "hvpatch/error.h"
+#include "vmm/interrupt.h"
+
+namespace hvpatch::cli {
+
+void report_error(const std::string& kind, const std::string& message, bool json) {
+    std::fprintf(stderr, "hvpatch: error: %s\n", message.c_str());
+    if (json) {
+        nlohmann::json doc = {{"error", {{"kind", kind}, {"message", message}}}};
+        std::printf("%s\n", doc.dump(2).c_str());
+    }
+}
+
+}  // namespace hvpatch::cli
+
+int main(int argc, char** argv) {
+    using namespace hvpatch;
+    install_interrupt_handlers();
+
+    CLI::App app{"hvpatch — live-patch a running VM's Linux kernel from the host"};
+    app.require_subcommand(1);
+    app.set_version_flag("--version", "hvpatch 0.1.0");
+    cli::add_inspect_command(app);
+    cli::add_read_command(app);
+    cli::add_demo_command(app);
+
+    bool json = false;
+    for (int i = 1; i < argc; ++i)
+        if (std::strcmp(argv[i], "--json") == 0) json = true;
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForVersion& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        cli::report_error("usage", e.what(), json);
+        std::fprintf(stderr, "Run 'hvpatch --help' for usage.\n");
+        return exit_code_for(ErrorKind::Usage);
+    } catch (const Error& e) {
+        cli::report_error(to_string(e.kind()), e.what(), json);
+        return exit_code_for(e.kind());
+    } catch (const std::exception& e) {
+        cli::report_error("internal", e.what(), json);
+        return exit_code_for(ErrorKind::Internal);
+    }
+    return 0;
+}

@@ -9,6 +9,7 @@ namespace hvpatch {
 namespace {
 
 volatile std::sig_atomic_t g_signal = 0;
+thread_local int g_ignore_depth = 0;
 
 void on_signal(int sig) { g_signal = sig; }
 
@@ -29,11 +30,14 @@ bool interrupt_requested() { return g_signal != 0; }
 int interrupt_signal() { return g_signal; }
 
 void throw_if_interrupted(const std::string& what) {
-    if (g_signal != 0)
+    if (g_signal != 0 && g_ignore_depth == 0)
         throw Error(ErrorKind::Interrupted,
                     std::string("interrupted by ") + strsignal(g_signal) + " while " + what);
 }
 
 void clear_interrupt() { g_signal = 0; }
+
+IgnoreInterrupts::IgnoreInterrupts() { ++g_ignore_depth; }
+IgnoreInterrupts::~IgnoreInterrupts() { --g_ignore_depth; }
 
 }  // namespace hvpatch

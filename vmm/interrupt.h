@@ -18,4 +18,15 @@ void throw_if_interrupted(const std::string& what);
 // For tests: forget a previous interrupt.
 void clear_interrupt();
 
+// While one exists, throw_if_interrupted() does nothing: clean-up code
+// (resuming the VM, detaching the stub) must run to the end even after a
+// signal, bounded by its own timeouts.
+class IgnoreInterrupts {
+public:
+    IgnoreInterrupts();
+    ~IgnoreInterrupts();
+    IgnoreInterrupts(const IgnoreInterrupts&) = delete;
+    IgnoreInterrupts& operator=(const IgnoreInterrupts&) = delete;
+};
+
 }  // namespace hvpatch

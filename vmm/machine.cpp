@@ -1,1 +1,47 @@
-// placeholder: being written
+#include "hvpatch/machine.h"
+
+#include "hvpatch/error.h"
+#include "vmm/qemu/qemu_machine.h"
+
+namespace hvpatch {
+
+std::unique_ptr<Machine> open_machine(const std::string& target) {
+    const std::string qmp_prefix = "qmp:";
+    if (target.rfind(qmp_prefix, 0) == 0) {
+        std::string path = target.substr(qmp_prefix.size());
+        if (path.empty()) throw Error(ErrorKind::Usage, "target 'qmp:' needs a socket path: qmp:PATH");
+        QmpClient qmp = [&] {
+            try {
+                return QmpClient::connect(path);
+            } catch (const Error& e) {
+                throw Error(e.kind(), target + ": " + e.what());
+            }
+        }();
+        return std::make_unique<QemuMachine>(std::move(qmp), target);
+    }
+    throw Error(ErrorKind::Usage, "unknown target '" + target + "': expected qmp:PATH");
+}
+
+PauseGuard::PauseGuard(Machine& machine) : machine_(machine), start_(std::chrono::steady_clock::now()) {
+    if (machine_.run_state() == RunState::Running) {
+        machine_.pause();
+        paused_by_us_ = true;
+        start_ = std::chrono::steady_clock::now();
+    }
+}
+
+PauseGuard::~PauseGuard() {
+    if (!paused_by_us_) return;
+    try {
+        machine_.resume();
+    } catch (...) {
+        // The Machine's own destructor restores the run state it found;
+        // nothing more can be done here without throwing from a destructor.
+    }
+}
+
+std::chrono::nanoseconds PauseGuard::paused_for() const {
+    return std::chrono::steady_clock::now() - start_;
+}
+
+}  // namespace hvpatch

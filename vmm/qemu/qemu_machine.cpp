@@ -1,1 +1,321 @@
-// placeholder: being written
+#include "vmm/qemu/qemu_machine.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+
+#include "hvpatch/error.h"
+#include "vmm/interrupt.h"
+#include "vmm/qemu/ram_layout.h"
+
+namespace hvpatch {
+namespace {
+
+constexpr std::chrono::milliseconds kGdbConnectTimeout{3000};
+// QEMU sends its stop reply within milliseconds of the connect; when the VM
+// was already stopped it sends none, so this only bounds the wait.
+constexpr std::chrono::milliseconds kGdbGreetingWait{300};
+
+// "p01.02" / "1.2" / "2" → thread number 2.
+std::optional<int> thread_number(const std::string& id) {
+    std::string tail = id;
+    if (auto dot = tail.rfind('.'); dot != std::string::npos) tail = tail.substr(dot + 1);
+    if (!tail.empty() && tail[0] == 'p') tail = tail.substr(1);
+    if (tail.empty() || tail.size() > 8) return std::nullopt;
+    char* end = nullptr;
+    long v = std::strtol(tail.c_str(), &end, 16);
+    if (*end != '\0' || v <= 0) return std::nullopt;
+    return static_cast<int>(v);
+}
+
+// Parses "unix:/path,server=on" or "tcp:host:port,server=on" (what
+// query-chardev reports for a socket chardev) into a connected Socket.
+Socket connect_chardev_address(const std::string& filename, const std::string& target) {
+    std::string addr = filename.substr(0, filename.find(','));
+    if (addr.rfind("unix:", 0) == 0) return Socket::connect_unix(addr.substr(5), kGdbConnectTimeout);
+    if (addr.rfind("tcp:", 0) == 0) {
+        std::string hostport = addr.substr(4);
+        auto colon = hostport.rfind(':');
+        if (colon != std::string::npos) {
+            std::string host = hostport.substr(0, colon);
+            if (host.empty() || host == "0.0.0.0" || host == "::") host = "127.0.0.1";
+            return Socket::connect_tcp(host, std::atoi(hostport.c_str() + colon + 1), kGdbConnectTimeout);
+        }
+    }
+    throw Error(ErrorKind::Unreachable,
+                target + ": QEMU already has a gdbstub at '" + filename + "' that hvpatch cannot connect to");
+}
+
+}  // namespace
+
+QemuMachine::QemuMachine(QmpClient qmp, std::string name) : qmp_(std::move(qmp)), name_(std::move(name)) {
+    auto status = qmp_.execute("query-status");
+    initial_status_ = status.value("status", "unknown");
+    initially_running_ = status.value("running", false);
+    running_ = initially_running_;
+    for (const auto& cpu : qmp_.execute("query-cpus-fast"))
+        vcpu_indices_.push_back(cpu.value("cpu-index", -1));
+    if (vcpu_indices_.empty()) throw Error(ErrorKind::Protocol, name_ + ": QEMU reports no vCPUs");
+    discover_memory();
+}
+
+QemuMachine::~QemuMachine() {
+    // Clean-up must finish even after SIGINT; each step is bounded by its
+    // own timeout and failures are reported, not thrown.
+    IgnoreInterrupts shield;
+    try {
+        for (auto addr : std::set<std::uint64_t>(breakpoints_)) clear_breakpoint(GuestVirtAddr{addr});
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "hvpatch: %s: could not remove a breakpoint: %s\n", name_.c_str(), e.what());
+    }
+    try {
+        release_gdb();
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "hvpatch: %s: detaching from the gdbstub: %s\n", name_.c_str(), e.what());
+    }
+    try {
+        if (initially_running_ && !running_) qmp_.execute("cont");
+        if (!initially_running_ && running_) qmp_.execute("stop");
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "hvpatch: %s: could not restore the VM's run state (%s): %s\n", name_.c_str(),
+                     initially_running_ ? "running" : "paused", e.what());
+    }
+    if (!private_dir_.empty()) {
+        std::error_code ec;
+        std::filesystem::remove_all(private_dir_, ec);
+    }
+}
+
+void QemuMachine::discover_memory() {
+    auto summary = qmp_.execute("query-memory-size-summary");
+    memory_.ram_size = summary.value("base-memory", 0ULL);
+    memory_.ranges = parse_ram_layout(qmp_.hmp("info mtree"), memory_.ram_size);
+    memory_.path = MemoryAccessInfo::Path::GdbStub;
+
+    // A memory-backend-file with share=on is the guest's RAM itself; any
+    // other backend (anonymous, private file) is reached through the stub.
+    std::string backend;
+    try {
+        backend = qmp_.execute("qom-get", {{"path", "/machine"}, {"property", "memory-backend"}}).get<std::string>();
+    } catch (const Error&) {
+        return;  // older machine types: RAM is not a user-visible backend
+    }
+    if (backend.empty()) return;
+    std::string path = backend.front() == '/' ? backend : "/objects/" + backend;
+    std::string mem_path;
+    bool shared = false;
+    try {
+        mem_path = qmp_.execute("qom-get", {{"path", path}, {"property", "mem-path"}}).get<std::string>();
+        shared = qmp_.execute("qom-get", {{"path", path}, {"property", "share"}}).get<bool>();
+    } catch (const Error&) {
+        return;  // not a file backend
+    }
+    if (!shared) {
+        memory_.ram_file = mem_path + " (private mapping: not used)";
+        return;
+    }
+    try {
+        ram_ = std::make_unique<RamFile>(mem_path, memory_.ram_size);
+        memory_.path = MemoryAccessInfo::Path::MappedFile;
+        memory_.ram_file = mem_path;
+    } catch (const Error& e) {
+        memory_.ram_file = mem_path + " (" + e.what() + ")";
+    }
+}
+
+std::string QemuMachine::accelerator() {
+    auto kvm = qmp_.execute("query-kvm");
+    return kvm.value("enabled", false) ? "kvm" : "tcg";
+}
+
+RunState QemuMachine::run_state() { return running_ ? RunState::Running : RunState::Paused; }
+
+void QemuMachine::pause() {
+    if (!running_) return;
+    if (gdb_) gdb_->interrupt();
+    else qmp_.execute("stop");
+    running_ = false;
+}
+
+void QemuMachine::resume() {
+    if (running_) return;
+    if (gdb_) gdb_->resume();
+    else qmp_.execute("cont");
+    running_ = true;
+}
+
+std::vector<int> QemuMachine::vcpus() { return vcpu_indices_; }
+
+void QemuMachine::require_paused(const std::string& what) const {
+    if (running_) throw Error(ErrorKind::Internal, name_ + ": " + what + " needs the VM paused");
+}
+
+GdbClient& QemuMachine::gdb() {
+    if (!gdb_) attach_gdb();
+    return *gdb_;
+}
+
+void QemuMachine::attach_gdb() {
+    // Never take a stub away from another debugger: `gdbserver none` would
+    // disconnect it. An idle stub the operator configured is reused as is.
+    std::string existing;
+    for (const auto& dev : qmp_.execute("query-chardev"))
+        if (dev.value("label", "") == "gdb") existing = dev.value("filename", "");
+    Socket socket;
+    const std::string disconnected = "disconnected:";
+    if (!existing.empty() && existing.rfind(disconnected, 0) != 0)
+        throw Error(ErrorKind::Busy, name_ + ": QEMU's gdbstub (" + existing +
+                                         ") is held by another client; hvpatch needs it — detach that debugger first");
+    if (!existing.empty()) {
+        socket = connect_chardev_address(existing.substr(disconnected.size()), name_);
+    } else {
+        char tmpl[] = "/tmp/hvpatch-gdb.XXXXXX";
+        if (!mkdtemp(tmpl)) throw Error(ErrorKind::Internal, "cannot create a private directory for the gdbstub");
+        private_dir_ = tmpl;
+        std::string path = private_dir_ + "/gdb.sock";
+        std::string reply = qmp_.hmp("gdbserver unix:" + path + ",server=on,wait=off");
+        if (reply.find("Waiting for gdb") == std::string::npos && reply.find("gdbserver on") == std::string::npos &&
+            !std::filesystem::exists(path))
+            throw Error(ErrorKind::Unreachable, name_ + ": QEMU did not start its gdbstub: " + reply);
+        own_gdbserver_ = true;
+        socket = Socket::connect_unix(path, kGdbConnectTimeout);
+    }
+    auto client = std::make_unique<GdbClient>(std::move(socket), name_);
+    try {
+        client->handshake(kGdbGreetingWait);
+    } catch (const Error& e) {
+        throw Error(e.kind(), name_ + ": gdbstub handshake failed (is another client connected?): " + e.what());
+    }
+    gdb_ = std::move(client);
+    running_ = false;  // connecting stops the VM
+    registers_ = GdbRegisterMap::parse(gdb_->read_feature_xml("target.xml"),
+                                       [this](const std::string& annex) { return gdb_->read_feature_xml(annex); });
+    if (gdb_->threads().size() != vcpu_indices_.size())
+        throw Error(ErrorKind::Protocol, name_ + ": gdbstub lists " + std::to_string(gdb_->threads().size()) +
+                                             " threads but QMP lists " + std::to_string(vcpu_indices_.size()) +
+                                             " vCPUs");
+}
+
+void QemuMachine::release_gdb() {
+    if (gdb_) {
+        if (gdb_->running()) gdb_->interrupt();
+        if (physical_mode_ && *physical_mode_) gdb_->set_physical_mode(false);
+        if (initially_running_) {
+            gdb_->detach();  // D;1 resumes the VM
+            running_ = true;
+        } else {
+            gdb_->close();  // closing without detach leaves the VM stopped
+            running_ = false;
+        }
+        gdb_.reset();
+    }
+    if (own_gdbserver_) {
+        qmp_.hmp("gdbserver none");
+        own_gdbserver_ = false;
+    }
+}
+
+int QemuMachine::vcpu_of_thread(const std::string& thread) const {
+    auto n = thread_number(thread);
+    // QEMU numbers gdb threads cpu_index + 1.
+    if (!n || *n < 1 || static_cast<std::size_t>(*n) > vcpu_indices_.size())
+        throw Error(ErrorKind::Protocol, name_ + ": gdbstub names unknown thread '" + thread + "'");
+    return *n - 1;
+}
+
+void QemuMachine::select_vcpu(int vcpu) {
+    if (vcpu < 0 || static_cast<std::size_t>(vcpu) >= vcpu_indices_.size())
+        throw Error(ErrorKind::Usage, name_ + ": no vCPU " + std::to_string(vcpu) + " (the VM has " +
+                                          std::to_string(vcpu_indices_.size()) + ")");
+    const std::string& thread = gdb().threads().at(static_cast<std::size_t>(vcpu));
+    if (thread != selected_thread_) {
+        gdb_->select_thread(thread);
+        selected_thread_ = thread;
+    }
+}
+
+VcpuRegisters QemuMachine::read_registers(int vcpu) {
+    require_paused("reading registers");
+    select_vcpu(vcpu);
+    return registers_->decode(gdb_->read_all_registers_hex());
+}
+
+void QemuMachine::write_registers(int vcpu, const VcpuRegisters& regs) {
+    require_paused("writing registers");
+    VcpuRegisters current = read_registers(vcpu);
+    // Only the registers that change are written, one `P` each: a full `G`
+    // would also write FPU/SSE state, which belongs to whatever task runs.
+    for (const auto& [regnum, value] : registers_->encode_changes(current, regs))
+        gdb_->write_register_hex(regnum, value);
+}
+
+void QemuMachine::check_ram_range(GuestPhysAddr addr, std::uint64_t len, const char* what) const {
+    if (!ram_offset_of(memory_.ranges, addr, len))
+        throw Error(ErrorKind::Guest, name_ + ": " + what + " " + std::to_string(len) + " bytes at physical " +
+                                          hex(addr.value) + ": not guest RAM (RAM is " +
+                                          std::to_string(memory_.ram_size >> 20) + " MiB)");
+}
+
+void QemuMachine::use_physical_addresses(bool physical) {
+    if (physical_mode_ != physical) {
+        gdb().set_physical_mode(physical);
+        physical_mode_ = physical;
+    }
+}
+
+void QemuMachine::read_physical(GuestPhysAddr addr, std::span<std::byte> out) {
+    check_ram_range(addr, out.size(), "reading");
+    if (ram_) {
+        ram_->read(*ram_offset_of(memory_.ranges, addr, out.size()), out);
+        return;
+    }
+    require_paused("reading guest memory through the gdbstub");
+    use_physical_addresses(true);
+    gdb_->read_memory(addr.value, out);
+}
+
+void QemuMachine::write_physical(GuestPhysAddr addr, std::span<const std::byte> data) {
+    check_ram_range(addr, data.size(), "writing");
+    require_paused("writing guest memory");
+    // Through the stub even when RAM is mapped: QEMU then drops any TCG
+    // translation of the bytes, which a write to the file would not do.
+    use_physical_addresses(true);
+    gdb_->write_memory(addr.value, data);
+}
+
+void QemuMachine::set_breakpoint(GuestVirtAddr addr) {
+    require_paused("setting a breakpoint");
+    use_physical_addresses(false);
+    gdb_->insert_breakpoint(addr.value);
+    breakpoints_.insert(addr.value);
+}
+
+void QemuMachine::clear_breakpoint(GuestVirtAddr addr) {
+    if (!breakpoints_.count(addr.value)) return;
+    bool was_running = running_;
+    pause();
+    use_physical_addresses(false);
+    gdb_->remove_breakpoint(addr.value);
+    breakpoints_.erase(addr.value);
+    if (was_running) resume();
+}
+
+std::optional<BreakpointHit> QemuMachine::run_until_breakpoint(std::chrono::milliseconds timeout) {
+    gdb();
+    resume();
+    std::optional<std::string> stop = gdb_->wait_stop(timeout);
+    if (!stop) stop = gdb_->interrupt();
+    running_ = false;
+    selected_thread_.clear();  // the stub moves its current thread to the one that stopped
+    if (!stop) return std::nullopt;
+    auto reply = parse_stop_reply(*stop);
+    if (!reply || reply->signal != 5 || reply->thread.empty()) return std::nullopt;
+    int vcpu = vcpu_of_thread(reply->thread);
+    VcpuRegisters regs = read_registers(vcpu);
+    if (!breakpoints_.count(regs.rip)) return std::nullopt;
+    return BreakpointHit{vcpu, GuestVirtAddr{regs.rip}};
+}
+
+}  // namespace hvpatch

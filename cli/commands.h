@@ -1,0 +1,17 @@
+// Each verb of the hvpatch command registers itself on the CLI11 app. Verbs
+// throw hvpatch::Error on failure; main() turns errors into exit codes.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace hvpatch::cli {
+
+void add_inspect_command(CLI::App& app);
+void add_read_command(CLI::App& app);
+void add_demo_command(CLI::App& app);
+
+// Prints an error the way every verb does: a line on stderr and, under
+// --json, an {"error": {...}} document on stdout.
+void report_error(const std::string& kind, const std::string& message, bool json);
+
+}  // namespace hvpatch::cli

@@ -1,0 +1,85 @@
+// Machine backend for a QEMU reachable through its QMP socket.
+//
+// Control and identity go through QMP; registers, breakpoints and memory
+// writes through QEMU's gdbstub, which hvpatch starts on a private UNIX
+// socket when it first needs it (HMP `gdbserver`) and removes again; guest
+// RAM is read from the shared RAM file when the memory backend is a
+// `memory-backend-file` with share=on, else through the stub.
+//
+// Run control: while no gdb client is attached, pause/resume are QMP
+// stop/cont. Once attached, they go through the stub (0x03 / `c`), because
+// QEMU reports every stop to an attached client and the stub's idea of the
+// run state must stay in step with ours. Attaching stops a running VM.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "hvpatch/machine.h"
+#include "vmm/qemu/gdb_client.h"
+#include "vmm/qemu/gdb_registers.h"
+#include "vmm/qemu/qmp_client.h"
+#include "vmm/qemu/ram_file.h"
+
+namespace hvpatch {
+
+class QemuMachine final : public Machine {
+public:
+    // `name` is how the target is named in messages ("qmp:/path").
+    QemuMachine(QmpClient qmp, std::string name);
+    // Puts the VM back in the run state it was found in, detaches from the
+    // stub and removes the stub if hvpatch started it. Never throws.
+    ~QemuMachine() override;
+
+    std::string name() const override { return name_; }
+    std::string accelerator() override;
+    RunState run_state() override;
+    void pause() override;
+    void resume() override;
+    std::vector<int> vcpus() override;
+    VcpuRegisters read_registers(int vcpu) override;
+    void write_registers(int vcpu, const VcpuRegisters& regs) override;
+    MemoryAccessInfo memory_access() override { return memory_; }
+    void read_physical(GuestPhysAddr addr, std::span<std::byte> out) override;
+    void write_physical(GuestPhysAddr addr, std::span<const std::byte> data) override;
+    void set_breakpoint(GuestVirtAddr addr) override;
+    void clear_breakpoint(GuestVirtAddr addr) override;
+    std::optional<BreakpointHit> run_until_breakpoint(std::chrono::milliseconds timeout) override;
+
+    // The QMP status string QEMU reported when the machine was opened.
+    const std::string& initial_status() const { return initial_status_; }
+
+private:
+    void discover_memory();
+    GdbClient& gdb();
+    void attach_gdb();
+    void release_gdb();
+    void require_paused(const std::string& what) const;
+    void select_vcpu(int vcpu);
+    void use_physical_addresses(bool physical);
+    void check_ram_range(GuestPhysAddr addr, std::uint64_t len, const char* what) const;
+    int vcpu_of_thread(const std::string& thread) const;
+
+    QmpClient qmp_;
+    std::string name_;
+    std::string initial_status_;
+    bool initially_running_ = false;
+    bool running_ = false;  // our view of the VM's run state
+
+    MemoryAccessInfo memory_;
+    std::unique_ptr<RamFile> ram_;
+    std::vector<int> vcpu_indices_;
+
+    std::unique_ptr<GdbClient> gdb_;
+    std::optional<GdbRegisterMap> registers_;
+    bool own_gdbserver_ = false;
+    std::string private_dir_;
+    std::string selected_thread_;
+    std::optional<bool> physical_mode_;
+    std::set<std::uint64_t> breakpoints_;
+};
+
+}  // namespace hvpatch

@@ -1,0 +1,31 @@
+// Where guest RAM sits in the guest-physical address space of a QEMU x86
+// machine, read from the monitor's `info mtree`.
+//
+// QEMU's pc and q35 machines split RAM: the first part ("ram-below-4g")
+// starts at 0, the rest ("ram-above-4g") at 4 GiB, and the split point
+// depends on machine type and RAM size (q35: 2 GiB or 2.75 GiB). Both are
+// aliases into one RAM block, so a guest-physical address maps to an offset in
+// the RAM block (and in a shared RAM file) by the alias's own offset.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "hvpatch/machine.h"
+
+namespace hvpatch {
+
+// Parses the `ram-below-4g` / `ram-above-4g` alias lines of `info mtree`.
+// When neither is present (other machine types), RAM is one range at 0 of
+// `ram_size` bytes. Throws Error(Protocol) when the aliases exceed ram_size.
+std::vector<MemoryAccessInfo::Range> parse_ram_layout(const std::string& mtree_text,
+                                                      std::uint64_t ram_size);
+
+// The RAM-block offset of [addr, addr+len), if the whole range lies in one
+// RAM range.
+std::optional<std::uint64_t> ram_offset_of(const std::vector<MemoryAccessInfo::Range>& ranges,
+                                           GuestPhysAddr addr, std::uint64_t len);
+
+}  // namespace hvpatch
