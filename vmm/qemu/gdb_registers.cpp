@@ -95,7 +95,9 @@ private:
     void walk(xmlNode* node, int depth) {
         for (; node; node = node->next) {
             if (node->type != XML_ELEMENT_NODE) continue;  // comments, text
-            if (is_element(node, "include")) {
+            // gdb's files use the xi: prefix without declaring it, so the
+            // parser may keep it as part of the name.
+            if (is_element(node, "include") || is_element(node, "xi:include")) {
                 std::string href = attribute(node, "href");
                 if (href.empty()) throw Error(ErrorKind::Protocol, "target description: include without href");
                 parse_document(fetch_(href), href, depth + 1);
