@@ -13,8 +13,10 @@ struct InspectOptions {
     bool json = false;
 };
 
-void run_inspect(const InspectOptions& opt) {
-    auto machine = open_machine(opt.target);
+}  // namespace
+
+void inspect_machine(Machine& machine_ref, bool json) {
+    Machine* machine = &machine_ref;
     RunState found = machine->run_state();
     std::string accel = machine->accelerator();
     MemoryAccessInfo memory = machine->memory_access();
@@ -27,7 +29,7 @@ void run_inspect(const InspectOptions& opt) {
         paused = pause.paused_for();
     }
 
-    if (opt.json) {
+    if (json) {
         nlohmann::json doc;
         doc["target"] = machine->name();
         doc["accelerator"] = accel;
@@ -61,6 +63,13 @@ void run_inspect(const InspectOptions& opt) {
         std::printf("%-4d %-3d %-18s %-18s %-18s %-10s %-6s %-18s %-18s\n", index, r.cpl(), hex(r.rip).c_str(),
                     hex(r.rsp).c_str(), hex(r.cr3).c_str(), hex_short(r.cr4).c_str(), hex_short(r.efer).c_str(),
                     hex(r.gs_base).c_str(), hex(r.kernel_gs_base).c_str());
+}
+
+namespace {
+
+void run_inspect(const InspectOptions& opt) {
+    auto machine = open_machine(opt.target);
+    inspect_machine(*machine, opt.json);
 }
 
 }  // namespace

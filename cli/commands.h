@@ -4,11 +4,16 @@
 
 #include <CLI/CLI.hpp>
 
+#include "hvpatch/machine.h"
+
 namespace hvpatch::cli {
 
 void add_inspect_command(CLI::App& app);
 void add_read_command(CLI::App& app);
 void add_demo_command(CLI::App& app);
+
+// The body of `hvpatch inspect`, also used by `hvpatch demo`.
+void inspect_machine(Machine& machine, bool json);
 
 // Prints an error the way every verb does: a line on stderr and, under
 // --json, an {"error": {...}} document on stdout.
