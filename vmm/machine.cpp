@@ -10,14 +10,8 @@ std::unique_ptr<Machine> open_machine(const std::string& target) {
     if (target.rfind(qmp_prefix, 0) == 0) {
         std::string path = target.substr(qmp_prefix.size());
         if (path.empty()) throw Error(ErrorKind::Usage, "target 'qmp:' needs a socket path: qmp:PATH");
-        QmpClient qmp = [&] {
-            try {
-                return QmpClient::connect(path);
-            } catch (const Error& e) {
-                throw Error(e.kind(), target + ": " + e.what());
-            }
-        }();
-        return std::make_unique<QemuMachine>(std::move(qmp), target);
+        // QmpClient's errors already name the socket ("qmp:PATH ...").
+        return std::make_unique<QemuMachine>(QmpClient::connect(path), target);
     }
     throw Error(ErrorKind::Usage, "unknown target '" + target + "': expected qmp:PATH");
 }
