@@ -1,6 +1,8 @@
 #include "vmm/launcher.h"
 
 #include <fcntl.h>
+#include <linux/close_range.h>
+#include <sys/file.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -165,6 +167,46 @@ void wait_for_qmp(LaunchedVm& vm, std::chrono::milliseconds timeout) {
                     " ms (" + last_error + "); its output:\n" + vm.qemu_log_tail());
 }
 
+// A work dir's lock file: QEMU inherits an fd holding a flock on it, so the
+// lock is free exactly when no QEMU uses the dir any more. The RAM file's
+// path is noted beside it (it may live in /dev/shm, outside the dir).
+constexpr const char* kLockFile = "qemu.lock";
+constexpr const char* kRamNote = "ram-file";
+constexpr const char* kWorkdirPrefix = "hvpatch-vm-";
+constexpr const char* kKeptMarker = "KEPT";
+
+// Removes what a dead VM left in `dir`: its RAM file and, if `remove_dir`,
+// the dir. Does nothing while a QEMU holds the lock, or for a dir that is
+// not one of ours.
+void remove_if_stale(const fs::path& dir, bool remove_dir) {
+    FdGuard lock(::open((dir / kLockFile).c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+    if (lock.get() < 0 || ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) return;
+    std::error_code ec;
+    std::string ram = read_file((dir / kRamNote).string());
+    if (!ram.empty() && (ram.starts_with(std::string("/dev/shm/") + kWorkdirPrefix) ||
+                         fs::path(ram).parent_path() == dir))
+        fs::remove(ram, ec);
+    fs::remove(dir / kRamNote, ec);
+    if (remove_dir) fs::remove_all(dir, ec);
+}
+
+// The work dirs under /tmp of VMs whose launcher crashed: QEMU died with it
+// (PR_SET_PDEATHSIG) but stop() never ran. Only dirs older than a minute,
+// so that one being set up by a concurrent launch_vm() is left alone.
+void collect_stale_workdirs() {
+    std::error_code ec;
+    auto now = fs::file_time_type::clock::now();
+    for (const auto& entry : fs::directory_iterator("/tmp", ec)) {
+        std::string name = entry.path().filename().string();
+        if (!name.starts_with(kWorkdirPrefix) || !entry.is_directory(ec) || entry.is_symlink(ec)) continue;
+        struct stat st {};
+        if (::lstat(entry.path().c_str(), &st) != 0 || st.st_uid != ::getuid()) continue;
+        if (now - entry.last_write_time(ec) < std::chrono::minutes(1)) continue;
+        if (!fs::exists(entry.path() / kLockFile, ec) || fs::exists(entry.path() / kKeptMarker, ec)) continue;
+        remove_if_stale(entry.path(), true);
+    }
+}
+
 }  // namespace
 
 // --- KVM ----------------------------------------------------------------------
@@ -250,9 +292,12 @@ pid_t spawn_child(const ChildSpec& spec) {
         for (int i = 0; i < 3; ++i)
             if (::dup2(moved[i], i) < 0) die(errno);
         // Everything else stays behind (sockets to other VMs, pipes of other
-        // children): only the report pipe survives until exec, as CLOEXEC.
-        if (report[1] > 3) ::close_range(3, report[1] - 1, 0);
-        ::close_range(report[1] + 1, ~0U, 0);
+        // children): exec closes all fds but 0-2 and the inherited ones.
+        if (::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
+            for (int fd = 3; fd < 4096; ++fd) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+        }
+        for (int fd : spec.inherit_fds)
+            if (::fcntl(fd, F_SETFD, 0) != 0) die(errno);
         // The parent's signal mask and ignored signals would be inherited.
         sigset_t none;
         sigemptyset(&none);
@@ -357,8 +402,13 @@ void LaunchedVm::stop(std::chrono::milliseconds grace) {
 void LaunchedVm::remove_files() {
     std::error_code ec;
     if (!ram_file_.empty()) fs::remove(ram_file_, ec);
+    fs::remove(workdir_ + "/" + kRamNote, ec);
+    if (!created_workdir_) return;
     const char* keep = std::getenv("HVPATCH_KEEP_WORKDIR");
-    if (created_workdir_ && !(keep && std::string(keep) == "1")) fs::remove_all(workdir_, ec);
+    if (keep && std::string(keep) == "1")
+        std::ofstream(workdir_ + "/" + kKeptMarker) << "kept for a post-mortem (HVPATCH_KEEP_WORKDIR=1)\n";
+    else
+        fs::remove_all(workdir_, ec);
 }
 
 // --- launch_vm -------------------------------------------------------------------
@@ -375,6 +425,7 @@ std::unique_ptr<LaunchedVm> launch_vm(const LaunchOptions& options) {
     vm->accel_ = resolve_accel(options.accel);
     std::string qemu = find_executable(options.qemu_binary);
 
+    collect_stale_workdirs();
     if (options.workdir.empty()) {
         char pattern[] = "/tmp/hvpatch-vm-XXXXXX";
         if (!::mkdtemp(pattern))
@@ -390,6 +441,11 @@ std::unique_ptr<LaunchedVm> launch_vm(const LaunchOptions& options) {
     // From here on, an exception destroys `vm`, which stops QEMU and removes
     // what was created.
     const std::string& dir = vm->workdir_;
+    // A reused work dir may hold the RAM file of a crashed run.
+    if (!vm->created_workdir_) remove_if_stale(dir, false);
+    FdGuard lock(::open((dir + "/" + kLockFile).c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (lock.get() < 0 || ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0)
+        throw Error(ErrorKind::Busy, "work dir " + dir + " is in use by another QEMU");
     vm->qmp_socket_ = dir + "/qmp.sock";
     vm->console_log_ = dir + "/console.log";
     vm->qemu_log_ = dir + "/qemu.log";
@@ -405,6 +461,7 @@ std::unique_ptr<LaunchedVm> launch_vm(const LaunchOptions& options) {
                                      "-no-reboot"};
     if (options.shared_ram) {
         vm->ram_file_ = create_ram_file(dir);
+        std::ofstream(dir + "/" + kRamNote) << vm->ram_file_;
         args.insert(args.end(), {"-machine", "q35,memory-backend=ram0", "-object",
                                  "memory-backend-file,id=ram0,size=" + mem + ",mem-path=" +
                                      qemu_escape(vm->ram_file_) + ",share=on",
@@ -438,6 +495,7 @@ std::unique_ptr<LaunchedVm> launch_vm(const LaunchOptions& options) {
     spec.argv = args;
     spec.stdout_fd = log.get();
     spec.stderr_fd = log.get();
+    spec.inherit_fds = {lock.get()};
     try {
         vm->pid_ = spawn_child(spec);
     } catch (const Error& e) {

@@ -46,7 +46,9 @@ struct LaunchOptions {
     std::vector<std::string> extra_args;
     // Where the sockets and logs go. Empty: a fresh mkdtemp dir under /tmp
     // (mode 0700). Removed on stop() if the launcher created it, unless
-    // HVPATCH_KEEP_WORKDIR=1 is set (for post-mortems).
+    // HVPATCH_KEEP_WORKDIR=1 is set (for post-mortems). QEMU holds a lock in
+    // it while it runs; if the launching process crashed (QEMU then dies
+    // with it), a later launch_vm() removes the dir and the RAM file.
     std::string workdir;
     // Second serial port (ttyS1) as a UNIX socket server, command.sock.
     bool command_port = true;
@@ -145,6 +147,7 @@ struct ChildSpec {
     int stdin_fd = -1;                   // -1: /dev/null
     int stdout_fd = -1;                  // -1: /dev/null
     int stderr_fd = -1;                  // -1: /dev/null
+    std::vector<int> inherit_fds;        // more fds the child keeps (same numbers)
     bool own_process_group = true;
     bool die_with_parent = true;
 };

@@ -6,10 +6,13 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
+#include <sstream>
 #include <string>
+#include <thread>
 
 #include "hvpatch/error.h"
 #include "support/run_command.h"
@@ -201,6 +204,62 @@ TEST(LauncherTest, RejectsAMissingKernel) {
         EXPECT_EQ(e.kind(), ErrorKind::Usage);
         EXPECT_NE(std::string(e.what()).find("/nonexistent/vmlinuz"), std::string::npos) << e.what();
     }
+}
+
+// A test that crashes never runs stop(): its QEMU must die with it, and the
+// next launch must clean up the work dir and the 512 MiB RAM file.
+TEST(LauncherTest, CrashedLauncherLeavesNothingBehind) {
+    LaunchOptions options = guest_launch_options(test_guest_dir());
+    int report[2];
+    ASSERT_EQ(::pipe(report), 0);
+    pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        ::close(report[0]);
+        try {
+            auto vm = launch_vm(options);
+            std::string text = std::to_string(vm->pid()) + "\n" + vm->workdir() + "\n" + vm->ram_file_path() + "\n";
+            if (::write(report[1], text.data(), text.size()) < 0) ::_exit(2);
+            ::raise(SIGKILL);  // no destructors, no stop()
+        } catch (...) {
+        }
+        ::_exit(3);
+    }
+    ::close(report[1]);
+    std::string text;
+    char buf[512];
+    for (ssize_t n; (n = ::read(report[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<std::size_t>(n));
+    ::close(report[0]);
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    ASSERT_TRUE(WIFSIGNALED(status)) << describe_wait_status(status) << " " << text;
+    std::istringstream lines(text);
+    pid_t qemu = 0;
+    std::string workdir, ram;
+    lines >> qemu >> workdir >> ram;
+    ASSERT_GT(qemu, 0) << text;
+    ASSERT_TRUE(std::filesystem::exists(ram)) << text;
+
+    // QEMU got SIGKILL when its parent died.
+    bool gone = false;
+    for (int i = 0; i < 200 && !gone; ++i) {
+        gone = ::kill(qemu, 0) != 0;
+        if (!gone) std::this_thread::sleep_for(10ms);
+    }
+    EXPECT_TRUE(gone) << "QEMU " << qemu << " outlived its launcher";
+
+    // Age the dir past the collector's grace, then launch again.
+    auto old = std::filesystem::file_time_type::clock::now() - std::chrono::minutes(5);
+    std::filesystem::last_write_time(workdir, old);
+    options.command_port = false;
+    auto vm = launch_vm(options);
+    EXPECT_FALSE(std::filesystem::exists(workdir)) << workdir << " not collected";
+    EXPECT_FALSE(std::filesystem::exists(ram)) << ram << " not collected";
+    // The live VM's files are not collected, however old.
+    std::filesystem::last_write_time(vm->workdir(), old);
+    auto second = launch_vm(options);
+    EXPECT_TRUE(std::filesystem::exists(vm->ram_file_path()));
+    EXPECT_TRUE(vm->running());
 }
 
 TEST(LauncherTest, KvmProbeGivesAReason) {
