@@ -120,14 +120,21 @@ TEST_F(GuestBootTest, LargerOutputArrivesWhole) {
 }
 
 TEST_F(GuestBootTest, CommandTimeoutIsReportedAndTheChannelRecovers) {
+    auto start = std::chrono::steady_clock::now();
     try {
-        guest_->run("sleep 3", 500ms);
+        guest_->run("echo started; sleep 1000", 500ms);
         ADD_FAILURE() << "expected a timeout";
     } catch (const Error& e) {
         EXPECT_EQ(e.kind(), ErrorKind::Timeout) << e.what();
     }
-    // The next command waits behind the abandoned one, and gets its own answer.
+    // The guest kills the hung command; the next one gets its own answer.
     EXPECT_EQ(guest_->run_ok("echo after", 10s), "after\n");
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+    EXPECT_EQ(guest_->run_ok("ps -o args | grep -c '[s]leep 1000$' || true"), "0\n");
+}
+
+TEST_F(GuestBootTest, QuotesSurviveTheWrapping) {
+    EXPECT_EQ(guest_->run_ok("echo 'single' \"double\" it\\'s; echo $((6 * 7))"), "single double it's\n42\n");
 }
 
 TEST_F(GuestBootTest, LauncherExposesItsFiles) {

@@ -1,5 +1,6 @@
 #include "support/test_guest.h"
 
+#include <map>
 #include <optional>
 #include <stdexcept>
 #include <thread>
@@ -51,9 +52,24 @@ std::optional<TestGuest::Result> take_response(std::string& buffer, const std::s
     return result;
 }
 
+
+// Quotes `text` as one word for the guest's sh.
+std::string shell_quote(const std::string& text) {
+    std::string quoted = "'";
+    for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return quoted + "'";
+}
+
 }  // namespace
 
 std::string test_guest_dir(const std::string& flavour, const std::string& version) {
+    // The script is cheap when cached, but asks apt each time (~0.5 s):
+    // once per process is enough.
+    static std::mutex mutex;
+    static std::map<std::pair<std::string, std::string>, std::string> known;
+    std::lock_guard lock(mutex);
+    if (auto it = known.find({flavour, version}); it != known.end()) return it->second;
+
     std::vector<std::string> argv = {source_dir() + "/scripts/build-test-guest", "--print-dir"};
     if (!flavour.empty()) argv.insert(argv.end(), {"--flavour", flavour});
     if (!version.empty()) argv.insert(argv.end(), {"--version", version});
@@ -62,6 +78,7 @@ std::string test_guest_dir(const std::string& flavour, const std::string& versio
     std::string dir = trim(result.out);
     if (result.exit_code != 0 || dir.empty())
         throw std::runtime_error("scripts/build-test-guest failed: " + result.describe());
+    known[{flavour, version}] = dir;
     return dir;
 }
 
@@ -160,8 +177,13 @@ TestGuest::Result TestGuest::run(const std::string& command, std::chrono::millis
     std::lock_guard lock(mutex_);
     const std::string id = "c" + std::to_string(next_id_++);
     Deadline deadline(timeout);
+    // The guest kills the command a little after we stop waiting for it, so
+    // that a command that hangs cannot block the channel for later ones.
+    auto guest_seconds = std::chrono::ceil<std::chrono::seconds>(timeout).count() + 1;
+    const std::string request =
+        id + " timeout -s KILL " + std::to_string(guest_seconds) + " sh -c " + shell_quote(command) + "\n";
     try {
-        channel_.send_all(id + " " + command + "\n", deadline);
+        channel_.send_all(request, deadline);
         char buf[16384];
         while (true) {
             if (auto result = take_response(pending_, id)) return *result;

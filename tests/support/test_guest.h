@@ -59,10 +59,11 @@ public:
         int status;          // the command's exit status
         std::string output;  // stdout and stderr, interleaved, verbatim
     };
-    // Runs `command` (one line, no '\n') with `sh -c` in the guest, as root.
-    // Throws hvpatch::Error(Timeout) if it does not finish in time (the guest
-    // keeps running it; later commands queue behind it), Error(Unreachable)
-    // if QEMU is gone. Thread-safe: commands run one at a time.
+    // Runs `command` (one line, no '\n') with `sh -c` in the guest, as root,
+    // under `timeout -s KILL <timeout + 1 s>`. Throws hvpatch::Error(Timeout)
+    // if it does not finish in time (the guest kills it a second later; the
+    // next command waits for that), Error(Unreachable) if QEMU is gone.
+    // Thread-safe: commands run one at a time.
     Result run(const std::string& command, std::chrono::milliseconds timeout = std::chrono::seconds(30));
     // run(), and returns the output if the status is 0; else throws
     // std::runtime_error naming the command, its status and its output.
