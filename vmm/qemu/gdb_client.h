@@ -2,7 +2,11 @@
 //
 // QEMU gdbstub behaviour this client is written for (QEMU 7.2, measured):
 // - Connecting stops the VM and QEMU then sends an unsolicited stop reply
-//   (`T02thread:...`); `drain_unsolicited()` consumes it.
+//   (`T02thread:...`), before it reads anything from us; handshake()
+//   consumes it. None comes when the VM was already stopped.
+// - A second client's connect() succeeds while one is attached but gets no
+//   answer; QEMU accepts it when the first leaves, which stops the VM even
+//   if that second client has given up meanwhile.
 // - 0x03 to a VM that is already stopped gets no reply at all.
 // - While the VM runs (after `c`), any byte sent stops it and is swallowed
 //   without a `+`: interrupt first, read the stop reply, then send.
@@ -10,7 +14,12 @@
 //   detaches and resumes the VM. Closing without detaching leaves it stopped.
 // - Threads are vCPUs (`p01.01`, `p01.02`, ...); `Hg` selects one.
 // - `m`/`M` take at most 0x800 bytes per packet; `Qqemu.PhyMemMode:1`
-//   switches them to guest-physical addresses.
+//   switches them to guest-physical addresses. In physical mode, addresses
+//   with no RAM behind them read as zeros and writes answer OK (no E14).
+// - Packets longer than PacketSize - 1 (4095) bytes are dropped without any
+//   answer, so an `M` of 0x800 bytes (4096 hex digits) never works.
+// - A stop reply stays pending until `+` or our next `$`; a `+` that
+//   reaches a running VM with nothing pending stops it like any byte.
 #pragma once
 
 #include <chrono>
