@@ -99,19 +99,14 @@ void require_file(const std::string& path, const std::string& what) {
 }
 
 std::string resolve_accel(const std::string& requested) {
-    std::string accel = requested;
-    if (accel == "auto") {
-        if (const char* env = std::getenv("HVPATCH_ACCEL"); env && *env) {
-            accel = env;
-            if (accel != "kvm" && accel != "tcg")
-                throw Error(ErrorKind::Usage,
-                            "HVPATCH_ACCEL must be kvm or tcg, not '" + accel + "'");
-        } else {
-            accel = usable_kvm() ? "kvm" : "tcg";
-        }
-    }
+    const char* env = std::getenv("HVPATCH_ACCEL");
+    bool from_env = requested == "auto" && env && *env;
+    std::string accel = from_env ? env : requested;
+    if (accel == "auto") accel = usable_kvm() ? "kvm" : "tcg";
     if (accel != "kvm" && accel != "tcg")
-        throw Error(ErrorKind::Usage, "accelerator must be auto, kvm or tcg, not '" + accel + "'");
+        throw Error(ErrorKind::Usage, std::string(from_env ? "HVPATCH_ACCEL must be kvm or tcg"
+                                                           : "the accelerator must be auto, kvm or tcg") +
+                                          ", not '" + accel + "'");
     return accel;
 }
 
@@ -401,8 +396,10 @@ void LaunchedVm::stop(std::chrono::milliseconds grace) {
 
 void LaunchedVm::remove_files() {
     std::error_code ec;
-    if (!ram_file_.empty()) fs::remove(ram_file_, ec);
-    fs::remove(workdir_ + "/" + kRamNote, ec);
+    if (!ram_file_.empty()) {
+        fs::remove(ram_file_, ec);
+        fs::remove(workdir_ + "/" + kRamNote, ec);
+    }
     if (!created_workdir_) return;
     const char* keep = std::getenv("HVPATCH_KEEP_WORKDIR");
     if (keep && std::string(keep) == "1")
