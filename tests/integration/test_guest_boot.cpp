@@ -318,5 +318,13 @@ TEST(RunCommandTest, DelayedSignalAndInput) {
     EXPECT_FALSE(result.timed_out);
 }
 
+TEST(RunCommandTest, ProgramThatIgnoresItsInput) {
+    CommandOptions options;
+    options.timeout = 10s;
+    options.input = std::string(1 << 20, 'x');  // more than a pipe holds
+    auto result = run_command({"true"}, options);
+    EXPECT_EQ(result.exit_code, 0) << result.describe();
+}
+
 }  // namespace
 }  // namespace hvpatch::test

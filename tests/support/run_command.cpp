@@ -77,6 +77,13 @@ RunningCommand::~RunningCommand() {
 // Runs on its own thread: feeds stdin, drains stdout and stderr (so the
 // program never blocks on a full pipe), sends the delayed signal.
 void RunningCommand::collect() {
+    // A program that exits without reading its input must give EPIPE here,
+    // not a SIGPIPE that kills the test (it is thread-directed: blocking it
+    // in this thread is enough).
+    sigset_t pipe_signal;
+    sigemptyset(&pipe_signal);
+    sigaddset(&pipe_signal, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
     std::size_t written = 0;
     bool signal_pending = options_.signal != 0 && options_.signal_after.count() > 0;
     bool in_open = in_fd_ >= 0;
