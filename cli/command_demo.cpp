@@ -42,6 +42,7 @@ std::string find_guest_dir(const DemoOptions& opt) {
 }
 
 void progress(bool json, const std::string& line) {
+    std::fflush(stdout);  // keep progress lines in order with the output
     if (!json) std::fprintf(stderr, "demo: %s\n", line.c_str());
 }
 
@@ -84,7 +85,8 @@ void run_demo(const DemoOptions& opt) {
                 PageWalker walker(*machine, regs.cr3, paging_levels_from_cr4(regs.cr4));
                 std::vector<std::byte> code(32);
                 walker.read_virtual(GuestVirtAddr{regs.rip}, code);
-                std::printf("\nvCPU %d was in the kernel at %s (physical %s):\n", index, hex(regs.rip).c_str(),
+                std::printf("\nAt a second freeze vCPU %d was in the kernel at %s (physical %s):\n", index,
+                            hex(regs.rip).c_str(),
                             hex(walker.translate(GuestVirtAddr{regs.rip}).value).c_str());
                 std::fputs(hex_dump(regs.rip, code.data(), code.size()).c_str(), stdout);
                 break;
