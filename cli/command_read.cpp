@@ -2,6 +2,7 @@
 // guest memory as a hex dump, raw bytes in a file, or JSON.
 #include <cstdio>
 #include <fstream>
+#include <optional>
 
 #include "cli/commands.h"
 #include "cli/output.h"
@@ -31,6 +32,9 @@ void run_read(const ReadOptions& opt) {
     std::uint64_t length = parse_number(opt.length_text, "length");
     if (length == 0 || length > kMaxReadLength)
         throw Error(ErrorKind::Usage, "read: length must be between 1 and 1 GiB");
+    // Checked before the target is touched, like every other argument.
+    std::optional<std::uint64_t> cr3;
+    if (!opt.cr3_text.empty()) cr3 = parse_number(opt.cr3_text, "CR3");
 
     auto machine = open_machine(opt.target);
     std::vector<std::byte> data(length);
@@ -40,8 +44,7 @@ void run_read(const ReadOptions& opt) {
             machine->read_physical(GuestPhysAddr{address}, data);
         } else {
             VcpuRegisters regs = machine->read_registers(opt.vcpu >= 0 ? opt.vcpu : 0);
-            std::uint64_t cr3 = opt.cr3_text.empty() ? regs.cr3 : parse_number(opt.cr3_text, "CR3");
-            PageWalker walker(*machine, cr3, paging_levels_from_cr4(regs.cr4));
+            PageWalker walker(*machine, cr3.value_or(regs.cr3), paging_levels_from_cr4(regs.cr4));
             try {
                 walker.read_virtual(GuestVirtAddr{address}, data);
             } catch (const Error& e) {
@@ -79,7 +82,8 @@ void add_read_command(CLI::App& app) {
     cmd->add_flag("--phys", opt->physical, "ADDR is guest-physical");
     cmd->add_flag("--virt", opt->virtual_, "ADDR is guest-virtual");
     cmd->add_option("--cr3", opt->cr3_text, "translate with this page-table root (default: the vCPU's CR3)");
-    cmd->add_option("--vcpu", opt->vcpu, "translate with this vCPU's CR3 and paging mode (default 0)");
+    cmd->add_option("--vcpu", opt->vcpu, "translate with this vCPU's CR3 and paging mode (default 0)")
+        ->check(CLI::Range(0, 4095));
     cmd->add_option("--out", opt->out, "write the raw bytes to FILE instead of a hex dump");
     cmd->add_flag("--json", opt->json, "Print a JSON document (bytes as hex unless --out)");
     cmd->callback([opt] { run_read(*opt); });
