@@ -97,17 +97,17 @@ public:
                      "-qmp", "unix:" + qmp_path_ + ",server=on,wait=off"};
         if (options.start_paused) spec.argv.push_back("-S");
         if (options.gdbstub) spec.argv.insert(spec.argv.end(), {"-gdb", "unix:" + gdb_path_ + ",server=on,wait=off"});
-        int log = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        if (log < 0) throw std::runtime_error("cannot create " + log_path_);
-        spec.stdout_fd = log;
-        spec.stderr_fd = log;
+        int log_fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (log_fd < 0) throw std::runtime_error("cannot create " + log_path_);
+        spec.stdout_fd = log_fd;
+        spec.stderr_fd = log_fd;
         try {
             pid_ = spawn_child(spec);
         } catch (...) {
-            ::close(log);
+            ::close(log_fd);
             throw;
         }
-        ::close(log);
+        ::close(log_fd);
         // Up when the QMP socket greets us.
         auto start = Clock::now();
         while (true) {
@@ -393,6 +393,7 @@ TEST(BadCommandLine, BadNumbersAreRejectedBeforeConnecting) {
         {{"read", t, "--phys", "0", "17179869184g"}, "out of range"},         // overflows 64 bits
         {{"read", t, "--virt", "--cr3", "0xq", "0x1000", "16"}, "0xq"},
         {{"read", t, "--virt", "--vcpu", "one", "0x1000", "16"}, "one"},
+        {{"read", t, "--virt", "--vcpu", "-2", "0x1000", "16"}, "-2"},
         {{"read", t, "--phys", "--virt", "0", "16"}, "--phys"},
         {{"read", t, "0", "16"}, "--phys"},
         {{"read", t, "--phys", "--cr3", "0x1000", "0", "16"}, "--cr3"},
