@@ -40,7 +40,7 @@ KernelPageTables find_kernel_page_tables(Machine& machine) {
         }
         PagingLevels levels = paging_levels_from_cr4(regs.cr4);
         const std::uint64_t root = regs.cr3 & 0x000ffffffffff000ULL;
-        for (std::uint64_t cr3 : {root, root & ~(1ULL << 12)}) {
+        for (std::uint64_t cr3 : std::vector<std::uint64_t>{root, root & ~(1ULL << 12)}) {
             bool user_copy = cr3 != root;
             if (user_copy && (root & (1ULL << 12)) == 0) break;
             KernelMemory memory(machine, cr3, levels);
