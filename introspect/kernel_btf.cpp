@@ -221,6 +221,7 @@ struct KernelBtf::Impl {
     struct Found {
         const btf_type* parent = nullptr;  // the (possibly anonymous) struct/union holding it
         std::uint16_t index = 0;           // into btf_members(parent)
+        std::uint64_t parent_bits = 0;     // where `parent` starts in the outer struct
     };
 
     // Finds `want` among the members of composite `id`, looking inside
@@ -238,8 +239,8 @@ struct KernelBtf::Impl {
             std::uint64_t member_bits = btf_member_bit_offset(t, i);
             if (*n) {
                 if (want == n) {
+                    found = {t, i, bits};
                     if (__builtin_add_overflow(bits, member_bits, &bits)) malformed("member offset overflows");
-                    found = {t, i};
                     return true;
                 }
                 continue;
@@ -310,11 +311,13 @@ struct KernelBtf::Impl {
                                                      std::to_string(unit) + " bytes");
                 std::uint64_t unit_bits = unit * 8;
                 std::uint64_t start = bits / unit_bits * unit_bits;
-                if (bits - start + bitfield_size <= unit_bits) {
+                std::uint64_t parent_end = f.parent_bits + std::uint64_t{f.parent->size} * 8;
+                if (bits - start + bitfield_size <= unit_bits && start >= f.parent_bits &&
+                    start + unit_bits <= parent_end) {
                     info.offset = start / 8;
                     info.size = unit;
                     info.bit_offset = static_cast<std::uint32_t>(bits - start);
-                } else {  // straddles its natural unit (packed)
+                } else {  // packed: the natural unit straddles the field or the struct's end
                     info.offset = bits / 8;
                     info.bit_offset = static_cast<std::uint32_t>(bits % 8);
                     info.size = (info.bit_offset + bitfield_size + 7) / 8;

@@ -32,8 +32,10 @@ struct MemberInfo {
     // bytes for `unsigned int x:3`), placed at the naturally aligned offset
     // that contains the field: reading `size` bytes little-endian at
     // `offset` and taking bits [bit_offset, bit_offset + bit_size) gives the
-    // value. When a (packed) field straddles that unit, `offset` is the byte
-    // holding its first bit and `size` the bytes it spans (up to 9).
+    // value. In packed structs, where that unit would straddle the field or
+    // reach past the enclosing struct (struct orc_entry), `offset` is the
+    // byte holding the field's first bit and `size` the bytes it spans (up
+    // to 9).
     bool is_bitfield() const { return bit_size != 0; }
 };
 

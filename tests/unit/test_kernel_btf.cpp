@@ -318,6 +318,33 @@ TEST(KernelBtf, LegacyIntBitfield) {
     EXPECT_FALSE(k.member("legacy", "plain").is_bitfield());
 }
 
+// struct __attribute__((packed)) orc_like { s16 a; s16 b; unsigned sp_reg:4,
+// bp_reg:4, type:2, end:1; };  6 bytes: 4-byte units would run past the end.
+TEST(KernelBtf, PackedBitfieldsStayInsideTheStruct) {
+    BtfWriter w;
+    struct btf* b = w.get();
+    int s16 = w.check(btf__add_int(b, "short int", 2, BTF_INT_SIGNED));
+    int u32 = w.check(btf__add_int(b, "unsigned int", 4, 0));
+    w.check(btf__add_struct(b, "orc_like", 6));
+    w.check(btf__add_field(b, "a", s16, 0, 0));
+    w.check(btf__add_field(b, "b", s16, 16, 0));
+    w.check(btf__add_field(b, "sp_reg", u32, 32, 4));
+    w.check(btf__add_field(b, "bp_reg", u32, 36, 4));
+    w.check(btf__add_field(b, "type", u32, 40, 2));
+    w.check(btf__add_field(b, "end", u32, 42, 1));
+    KernelBtf k = KernelBtf::parse(w.bytes());
+    auto bp = k.member("orc_like", "bp_reg");
+    EXPECT_EQ(bp.offset, 4u);
+    EXPECT_EQ(bp.size, 1u);
+    EXPECT_EQ(bp.bit_offset, 4u);
+    EXPECT_EQ(bp.bit_size, 4u);
+    auto end = k.member("orc_like", "end");
+    EXPECT_EQ(end.offset, 5u);
+    EXPECT_EQ(end.size, 1u);
+    EXPECT_EQ(end.bit_offset, 2u);
+    EXPECT_EQ(end.bit_size, 1u);
+}
+
 TEST(KernelBtf, DeepButLegalAnonymousNesting) {
     BtfWriter w;
     struct btf* b = w.get();
