@@ -24,12 +24,20 @@ struct KernelSymbol {
 };
 
 // Where the tables were found (for `inspect` and for diagnostics).
+// decode() reads the tables at these addresses; num_syms, relative_base,
+// absolute_percpu, big_symbols and format are outputs (filled from memory,
+// ignored on input).
 struct KallsymsLayout {
     GuestVirtAddr offsets, relative_base_var, num_syms_var, names, markers, token_table, token_index;
+    // kallsyms_seqs_of_names (6.2+, backported to 6.1.y stable; the Debian
+    // 6.1 kernels have it); address 0 = the kernel has none.
+    GuestVirtAddr seqs_of_names;
     std::uint64_t relative_base = 0;
     std::uint64_t num_syms = 0;
-    bool base_relative = true;  // CONFIG_KALLSYMS_BASE_RELATIVE
-    std::string format;         // e.g. "6.1 (base-relative, big-symbol lengths)"
+    bool base_relative = true;     // CONFIG_KALLSYMS_BASE_RELATIVE (must be true: the only kind decoded)
+    bool absolute_percpu = false;  // CONFIG_KALLSYMS_ABSOLUTE_PERCPU (seen in the offsets' signs)
+    std::uint64_t big_symbols = 0; // names stored with a two-byte length (6.1+)
+    std::string format;            // e.g. "4.6-6.3 order, base-relative, absolute per-CPU, seqs_of_names"
 };
 
 class KallsymsTable {
@@ -37,8 +45,11 @@ public:
     // Finds the tables by their shape inside the kernel image
     // [image_start, image_start + image_size) and decodes every symbol.
     // Throws Error(Guest) when no consistent set of tables is found, or when
-    // they are truncated/corrupt (naming the table and address). Bounded:
-    // at most `image_size` bytes scanned, num_syms capped (e.g. 4 million).
+    // they are truncated/corrupt (naming the table and address), or when they
+    // are in a layout this decoder does not support (see kallsyms.cpp).
+    // Bounded: at most `image_size` bytes scanned (unmapped pages inside the
+    // image are skipped), num_syms capped at kMaxSymbols.
+    static constexpr std::uint64_t kMaxSymbols = 2'000'000;  // a 6.1 distro kernel has ~150k
     static KallsymsTable locate(VirtualMemory& memory, GuestVirtAddr image_start, std::uint64_t image_size);
 
     // Decodes tables whose addresses are already known (used by locate()
@@ -64,7 +75,10 @@ public:
         std::uint64_t size = 0;    // next symbol's address - symbol.address (0 if last)
     };
     // The symbol containing `addr` (greatest address <= addr), as
-    // /proc/PID/stack and %pS resolve it. nullopt outside vmlinux text/data.
+    // /proc/PID/stack and %pS resolve it: of several symbols at that address
+    // the first in kallsyms order; size up to the next greater address.
+    // nullopt below the lowest non-per-CPU symbol and above the last symbol
+    // (per-CPU offsets and module addresses are not vmlinux addresses).
     std::optional<Resolved> resolve(GuestVirtAddr addr) const;
 
 private:
