@@ -251,6 +251,12 @@ std::vector<std::string> slow_read_argv(const std::string& target) {
 
 constexpr auto kActAfter = 1s;
 
+CommandOptions with_timeout(std::chrono::milliseconds timeout) {
+    CommandOptions options;
+    options.timeout = timeout;
+    return options;
+}
+
 // === 1. The QMP socket is missing ===========================================
 
 TEST(MissingSocket, ExitsUnreachableNamingThePath) {
@@ -353,6 +359,21 @@ TEST(NotQemu, SilentServerTimesOutWithinTheQmpTimeout) {
     EXPECT_GE(took, qmp_timeout - 0.5) << "gave up before the QMP timeout";
     EXPECT_LT(took, qmp_timeout + 3.0) << "did not give up at the QMP timeout";
     EXPECT_LT(took, 15.0) << "an operator waits too long for a socket that is not QEMU";
+}
+
+TEST(NotQemu, SilentServerCanBeInterrupted) {
+    TempDir dir;
+    std::string path = dir.path() + "/silent.sock";
+    FakeServer server(path, FakeServer::Mode::Silent);
+    RunningCommand cmd({hvpatch_binary(), "inspect", "qmp:" + path}, with_timeout(30s));
+    std::this_thread::sleep_for(500ms);
+    cmd.send_signal(SIGINT);
+    auto start = Clock::now();
+    auto r = cmd.wait();
+    EXPECT_EQ(r.exit_code, 130) << r.describe();
+    EXPECT_LT(seconds_since(start), 2.0) << r.describe();
+    EXPECT_TRUE(contains(r.err, path)) << r.describe();
+    EXPECT_TRUE(contains(r.err, "interrupted")) << r.describe();
 }
 
 // === 3. Bad command lines ===================================================
@@ -479,9 +500,7 @@ TEST(QemuExits, LibraryReportsItWithTheGdbstubAttached) {
 
 TEST(QemuExits, CliExitsPromptlyNamingTheTarget) {
     BareQemu vm({.start_paused = false});
-    CommandOptions opts;
-    opts.timeout = 60s;
-    RunningCommand cmd(slow_read_argv(vm.target()), opts);
+    RunningCommand cmd(slow_read_argv(vm.target()), with_timeout(60s));
     std::this_thread::sleep_for(kActAfter);
     vm.kill_now();
     auto start = Clock::now();
@@ -612,6 +631,7 @@ TEST(BadAddress, UnmappedVirtualAddress) {
 struct InterruptCase {
     int signal;
     bool operator_paused;  // QMP stop before hvpatch starts
+    bool twice = false;    // an impatient operator: the signal again 20 ms later
 };
 
 class Interrupted : public ::testing::TestWithParam<InterruptCase> {};
@@ -623,12 +643,14 @@ TEST_P(Interrupted, ExitsPromptlyAndRestoresTheRunState) {
     const std::string before = vm.status();
     ASSERT_EQ(before, c.operator_paused ? "paused" : "running");
 
-    CommandOptions opts;
-    opts.timeout = 60s;
-    RunningCommand cmd(slow_read_argv(vm.target()), opts);
+    RunningCommand cmd(slow_read_argv(vm.target()), with_timeout(60s));
     std::this_thread::sleep_for(kActAfter);
     cmd.send_signal(c.signal);
     auto start = Clock::now();
+    if (c.twice) {
+        std::this_thread::sleep_for(20ms);
+        cmd.send_signal(c.signal);
+    }
     auto r = cmd.wait();
     double took = seconds_since(start);
     std::printf("[ measured ] %s: hvpatch exited %.3f s after the signal\n", sigabbrev_np(c.signal), took);
@@ -645,11 +667,26 @@ TEST_P(Interrupted, ExitsPromptlyAndRestoresTheRunState) {
 
 INSTANTIATE_TEST_SUITE_P(Signals, Interrupted,
                          ::testing::Values(InterruptCase{SIGINT, false}, InterruptCase{SIGTERM, false},
-                                           InterruptCase{SIGINT, true}, InterruptCase{SIGTERM, true}),
+                                           InterruptCase{SIGINT, true}, InterruptCase{SIGTERM, true},
+                                           InterruptCase{SIGINT, false, true}),
                          [](const ::testing::TestParamInfo<InterruptCase>& info) {
                              return std::string(sigabbrev_np(info.param.signal)) +
-                                    (info.param.operator_paused ? "_OperatorPaused" : "_Running");
+                                    (info.param.operator_paused ? "_OperatorPaused" : "_Running") +
+                                    (info.param.twice ? "_Twice" : "");
                          });
+
+TEST(InterruptedWithOperatorStub, StubIsLeftInPlace) {
+    BareQemu vm({.start_paused = false, .gdbstub = true});
+    const std::string idle = "disconnected:unix:" + vm.gdb_path() + ",server=on";
+    RunningCommand cmd(slow_read_argv(vm.target()), with_timeout(60s));
+    std::this_thread::sleep_for(kActAfter);
+    cmd.send_signal(SIGINT);
+    auto r = cmd.wait();
+    EXPECT_EQ(r.exit_code, 130) << r.describe();
+    EXPECT_TRUE(wait_gdb_connected(vm, false)) << vm.chardevs();
+    EXPECT_EQ(vm.chardev("gdb").value_or("none"), idle) << vm.chardevs();
+    EXPECT_TRUE(vm.running()) << vm.status();
+}
 
 }  // namespace
 }  // namespace hvpatch::test
