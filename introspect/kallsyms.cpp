@@ -288,7 +288,7 @@ std::optional<KallsymsTable> tables_before(VirtualMemory& memory, TokenTablePosi
                 len = (len & 0x7f) | (std::uint64_t{byte_at(b, names + off + 1 - lo)} << 7);
                 header = 2;
             }
-            if (len == 0) { ok = false; break; }
+            if (len == 0 || len > kMaxCompressedLen) { ok = false; break; }
             off += header + len;
             if (off > avail) ok = false;
         }
@@ -459,6 +459,10 @@ KallsymsTable KallsymsTable::decode(VirtualMemory& memory, const KallsymsLayout&
             ++big;
         }
         if (len == 0) corrupt("kallsyms_names", at, "symbol " + std::to_string(i) + " has length 0");
+        if (len > kMaxCompressedLen)
+            corrupt("kallsyms_names", at,
+                    "symbol " + std::to_string(i) + " has length " + hex_short(len) + ", above the two-byte maximum " +
+                        hex_short(kMaxCompressedLen));
         if (len > nb.size() - off - header) past_end("(" + std::to_string(len) + " code bytes) runs past");
         std::string expanded;
         for (std::uint64_t k = 0; k < len; ++k) {

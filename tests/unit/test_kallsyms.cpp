@@ -543,6 +543,10 @@ TEST_F(Corruption, NameLengthZeroAndPastTheEnd) {
     poke<std::uint8_t>(f.memory, f.layout.names.value + last + 1, 0x7f);
     msg = guest_error([&] { KallsymsTable::decode(f.memory, f.layout); });
     EXPECT_NE(msg.find("runs past the table end"), std::string::npos) << msg;
+    // A second length byte with its MSB set is not two-byte ULEB128.
+    poke<std::uint8_t>(f.memory, f.layout.names.value + last + 1, 0x80);
+    msg = guest_error([&] { KallsymsTable::decode(f.memory, f.layout); });
+    EXPECT_NE(msg.find("above the two-byte maximum 0x3fff"), std::string::npos) << msg;
 }
 
 TEST(Kallsyms, NameExpandingPast512IsCorrupt) {
