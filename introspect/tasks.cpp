@@ -1,0 +1,132 @@
+#include "introspect/tasks.h"
+
+#include <bit>
+#include <unordered_set>
+
+#include "hvpatch/error.h"
+#include "introspect/kernel_constants.h"
+
+namespace hvpatch {
+namespace {
+
+std::uint64_t read_field(KernelMemory& memory, std::uint64_t base, const LayoutField& field) {
+    switch (field.size) {
+        case 1: return memory.read_u8(GuestVirtAddr{base + field.offset});
+        case 2: return memory.read_u16(GuestVirtAddr{base + field.offset});
+        case 4: return memory.read_u32(GuestVirtAddr{base + field.offset});
+        case 8: return memory.read_u64(GuestVirtAddr{base + field.offset});
+        default:
+            throw Error(ErrorKind::Guest, "field " + std::string(field.path) + " has unsupported size " +
+                                              std::to_string(field.size));
+    }
+}
+
+// Walks a circular list_head starting at `head` (not an entry itself) and
+// returns the entry addresses (list node address - `node_offset`).
+std::vector<std::uint64_t> walk_list(KernelMemory& memory, std::uint64_t head, std::uint64_t node_offset,
+                                     std::size_t limit, const std::string& what) {
+    std::vector<std::uint64_t> entries;
+    std::unordered_set<std::uint64_t> seen{head};
+    std::uint64_t node = head;
+    while (true) {
+        std::uint64_t next;
+        try {
+            next = memory.read_u64(GuestVirtAddr{node});
+        } catch (const Error& e) {
+            throw Error(ErrorKind::Guest, what + ": list node at " + hex(node) + " unreadable: " + e.what());
+        }
+        if (next == head) return entries;
+        if (!seen.insert(next).second)
+            throw Error(ErrorKind::Guest, what + ": list loops back to " + hex(next) + " without reaching its head");
+        if (entries.size() >= limit)
+            throw Error(ErrorKind::Guest, what + ": more than " + std::to_string(limit) + " entries");
+        entries.push_back(next - node_offset);
+        node = next;
+    }
+}
+
+}  // namespace
+
+bool GuestTask::patch_pending() const { return (thread_flags >> kconst::kTifPatchPending) & 1; }
+
+char task_state_letter(std::uint32_t state, std::uint32_t exit_state) {
+    std::uint32_t reported = (state | exit_state) & kconst::kTaskReport;
+    if ((state & kconst::kTaskIdle) == kconst::kTaskIdle) reported = kconst::kTaskReport + 1;  // TASK_REPORT_IDLE
+    if ((state & kconst::kTaskRtlockWait) || (state & kconst::kTaskFrozen)) reported = kconst::kTaskUninterruptible;
+    unsigned index = reported == 0 ? 0 : static_cast<unsigned>(std::bit_width(reported));
+    return index < sizeof kconst::kTaskStateLetters - 1 ? kconst::kTaskStateLetters[index] : '?';
+}
+
+GuestTask read_task(GuestKernel& kernel, std::uint64_t address) {
+    KernelMemory& memory = kernel.memory();
+    const auto& t = kernel.layouts().task;
+    GuestTask task;
+    task.address = address;
+    try {
+        task.pid = static_cast<int>(read_field(memory, address, t.pid));
+        task.tgid = static_cast<int>(read_field(memory, address, t.tgid));
+        task.comm = memory.read_cstring(GuestVirtAddr{address + t.comm.offset}, t.comm.size);
+        task.state = static_cast<std::uint32_t>(read_field(memory, address, t.state));
+        task.exit_state = static_cast<std::uint32_t>(read_field(memory, address, t.exit_state));
+        task.flags = static_cast<std::uint32_t>(read_field(memory, address, t.flags));
+        task.thread_flags = read_field(memory, address, t.thread_info_flags);
+        task.stack_base = read_field(memory, address, t.stack);
+        task.saved_sp = read_field(memory, address, t.thread_sp);
+        task.mm = read_field(memory, address, t.mm);
+        if (t.cpu) task.cpu = static_cast<int>(read_field(memory, address, *t.cpu));
+        if (t.patch_state)
+            task.patch_state = static_cast<std::int32_t>(read_field(memory, address, *t.patch_state));
+    } catch (const Error& e) {
+        throw Error(ErrorKind::Guest, "task_struct at " + hex(address) + ": " + e.what());
+    }
+    task.state_letter = task_state_letter(task.state, task.exit_state);
+    task.kthread = task.flags & kconst::kPfKthread;
+    task.idle = (task.flags & kconst::kPfIdle) && task.pid == 0;
+    return task;
+}
+
+std::vector<GuestTask> list_tasks(GuestKernel& kernel, const TaskListOptions& options) {
+    KernelMemory& memory = kernel.memory();
+    const GuestLayouts& layouts = kernel.layouts();
+    const int cpus = kernel.info().nr_cpu_ids;
+    std::uint64_t runqueues = kernel.symbol("runqueues");
+    std::uint64_t rq_curr = kernel.btf().offset_of("rq", "curr");
+    std::uint64_t rq_idle = kernel.btf().offset_of("rq", "idle");
+
+    std::vector<GuestTask> tasks;
+    std::unordered_set<std::uint64_t> known;
+    std::vector<std::uint64_t> current(static_cast<std::size_t>(cpus), 0);
+    for (int cpu = 0; cpu < cpus; ++cpu) {
+        std::uint64_t rq = kernel.per_cpu_offset(cpu) + runqueues;
+        std::uint64_t idle = memory.read_u64(GuestVirtAddr{rq + rq_idle});
+        current[static_cast<std::size_t>(cpu)] = memory.read_u64(GuestVirtAddr{rq + rq_curr});
+        if (idle == 0) continue;  // CPU never brought up
+        if (known.insert(idle).second) tasks.push_back(read_task(kernel, idle));
+    }
+
+    std::uint64_t init_task = kernel.symbol("init_task");
+    std::vector<std::uint64_t> leaders = walk_list(memory, init_task + layouts.task.tasks.offset,
+                                                   layouts.task.tasks.offset, options.max_tasks, "init_task.tasks");
+    for (std::uint64_t leader : leaders) {
+        std::uint64_t signal = memory.read_u64(GuestVirtAddr{leader + layouts.task.signal.offset});
+        std::vector<std::uint64_t> threads;
+        if (signal == 0) {
+            threads.push_back(leader);  // a dead task whose signal_struct is gone
+        } else {
+            threads = walk_list(memory, signal + layouts.signal.thread_head.offset, layouts.task.thread_node.offset,
+                                options.max_tasks, "thread group of task " + hex(leader));
+            if (threads.empty()) threads.push_back(leader);
+        }
+        for (std::uint64_t thread : threads) {
+            if (tasks.size() >= options.max_tasks)
+                throw Error(ErrorKind::Guest, "more than " + std::to_string(options.max_tasks) + " tasks");
+            if (known.insert(thread).second) tasks.push_back(read_task(kernel, thread));
+        }
+    }
+    for (auto& task : tasks)
+        for (int cpu = 0; cpu < cpus; ++cpu)
+            if (current[static_cast<std::size_t>(cpu)] == task.address) task.running_on = cpu;
+    return tasks;
+}
+
+}  // namespace hvpatch
