@@ -6,7 +6,8 @@
 // no disk), which start in a fraction of a second. Without -S they run (in
 // SeaBIOS, which finds nothing to boot and waits), which is all a "running
 // VM" has to do here. Their RAM is anonymous, so hvpatch reads it through the
-// gdbstub at a few MiB/s: a 200 MiB read takes long enough to be interrupted.
+// gdbstub at some tens of MiB/s: a 200 MiB read takes seconds, long enough to
+// be interrupted or to lose its QEMU half-way.
 //
 // QEMU's QMP socket serves one client at a time, so the tests talk to it
 // with short connections (connect, one command, close) and never while
@@ -243,13 +244,38 @@ CommandResult hvpatch(const std::vector<std::string>& args, std::chrono::millise
     return run_command(argv, timeout);
 }
 
-// `hvpatch read` of 200 MiB through the gdbstub: ~40 s of work at ~5 MiB/s,
-// so it is certainly still reading when the test acts after a second.
+// `hvpatch read` of 200 MiB through the gdbstub: ~5 s of work on a bare
+// QEMU here (~40 MiB/s), so it is still reading when the test acts.
 std::vector<std::string> slow_read_argv(const std::string& target) {
     return {hvpatch_binary(), "read", target, "--phys", "0", "200m", "--out", "/dev/null"};
 }
 
-constexpr auto kActAfter = 1s;
+// Sockets the process holds (QMP, then the gdbstub).
+int socket_count(pid_t pid) {
+    int n = 0;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+        std::error_code link_ec;
+        auto target = fs::read_symlink(entry.path(), link_ec);
+        if (!link_ec && target.string().rfind("socket:", 0) == 0) ++n;
+    }
+    return n;
+}
+
+// Returns once `cmd` is reading guest memory through the gdbstub: it holds
+// its QMP and its gdb connection (it connects to the stub for the read, after
+// pausing the VM), plus a moment. Waiting for this instead of a fixed delay
+// keeps the tests meaningful on a loaded machine, where hvpatch may need more
+// than a second to get there. False if it never gets there.
+bool wait_until_reading(const RunningCommand& cmd) {
+    auto start = Clock::now();
+    while (socket_count(cmd.pid()) < 2) {
+        if (Clock::now() - start > 15s) return false;
+        std::this_thread::sleep_for(5ms);
+    }
+    std::this_thread::sleep_for(300ms);
+    return true;
+}
 
 CommandOptions with_timeout(std::chrono::milliseconds timeout) {
     CommandOptions options;
@@ -501,7 +527,7 @@ TEST(QemuExits, LibraryReportsItWithTheGdbstubAttached) {
 TEST(QemuExits, CliExitsPromptlyNamingTheTarget) {
     BareQemu vm({.start_paused = false});
     RunningCommand cmd(slow_read_argv(vm.target()), with_timeout(60s));
-    std::this_thread::sleep_for(kActAfter);
+    ASSERT_TRUE(wait_until_reading(cmd)) << "hvpatch did not start reading: " << cmd.err();
     vm.kill_now();
     auto start = Clock::now();
     auto r = cmd.wait();
@@ -644,7 +670,7 @@ TEST_P(Interrupted, ExitsPromptlyAndRestoresTheRunState) {
     ASSERT_EQ(before, c.operator_paused ? "paused" : "running");
 
     RunningCommand cmd(slow_read_argv(vm.target()), with_timeout(60s));
-    std::this_thread::sleep_for(kActAfter);
+    ASSERT_TRUE(wait_until_reading(cmd)) << "hvpatch did not start reading: " << cmd.err();
     cmd.send_signal(c.signal);
     auto start = Clock::now();
     if (c.twice) {
@@ -679,7 +705,7 @@ TEST(InterruptedWithOperatorStub, StubIsLeftInPlace) {
     BareQemu vm({.start_paused = false, .gdbstub = true});
     const std::string idle = "disconnected:unix:" + vm.gdb_path() + ",server=on";
     RunningCommand cmd(slow_read_argv(vm.target()), with_timeout(60s));
-    std::this_thread::sleep_for(kActAfter);
+    ASSERT_TRUE(wait_until_reading(cmd)) << "hvpatch did not start reading: " << cmd.err();
     cmd.send_signal(SIGINT);
     auto r = cmd.wait();
     EXPECT_EQ(r.exit_code, 130) << r.describe();
