@@ -28,6 +28,7 @@ inline constexpr char kTaskStateLetters[] = "RSDTtXZPI";
 // include/linux/sched.h: task_struct.flags.
 inline constexpr std::uint32_t kPfIdle = 0x00000002;
 inline constexpr std::uint32_t kPfExiting = 0x00000004;
+inline constexpr std::uint32_t kPfWqWorker = 0x00000020;
 inline constexpr std::uint32_t kPfKthread = 0x00200000;
 
 // arch/x86/include/asm/thread_info.h: thread_info.flags bits.

@@ -57,6 +57,41 @@ char task_state_letter(std::uint32_t state, std::uint32_t exit_state) {
     return index < sizeof kconst::kTaskStateLetters - 1 ? kconst::kTaskStateLetters[index] : '?';
 }
 
+std::string proc_name(GuestKernel& kernel, const GuestTask& task) {
+    if (!(task.flags & kconst::kPfKthread)) return task.comm;
+    const KernelBtf& btf = kernel.btf();
+    auto private_field = btf.find_member("task_struct", "worker_private");
+    auto data_field = btf.find_member("kthread", "data");
+    auto full_name_field = btf.find_member("kthread", "full_name");
+    if (!private_field) return task.comm;
+    KernelMemory& memory = kernel.memory();
+    try {
+        std::uint64_t kthread = memory.read_u64(GuestVirtAddr{task.address + private_field->offset});
+        if (kthread == 0) return task.comm;
+        if (task.flags & kconst::kPfWqWorker) {
+            auto desc = btf.find_member("worker", "desc");
+            auto current_work = btf.find_member("worker", "current_work");
+            auto pool = btf.find_member("worker", "pool");
+            if (!data_field || !desc || !current_work || !pool) return task.comm;
+            std::uint64_t worker = memory.read_u64(GuestVirtAddr{kthread + data_field->offset});
+            if (worker == 0 || memory.read_u64(GuestVirtAddr{worker + pool->offset}) == 0) return task.comm;
+            std::string text = memory.read_cstring(GuestVirtAddr{worker + desc->offset}, desc->size);
+            if (text.empty()) return task.comm;
+            bool busy = memory.read_u64(GuestVirtAddr{worker + current_work->offset}) != 0;
+            return task.comm + (busy ? "+" : "-") + text;
+        }
+        if (!full_name_field) return task.comm;
+        std::uint64_t full_name = memory.read_u64(GuestVirtAddr{kthread + full_name_field->offset});
+        if (full_name == 0) return task.comm;
+        // /proc prints at most 64 bytes of it (tcomm[64] in proc_task_name()).
+        std::string full = memory.read_cstring(GuestVirtAddr{full_name}, 63);
+        return full.rfind(task.comm, 0) == 0 ? full : task.comm;
+    } catch (const Error& e) {
+        if (e.kind() != ErrorKind::Guest) throw;
+        return task.comm;
+    }
+}
+
 GuestTask read_task(GuestKernel& kernel, std::uint64_t address) {
     KernelMemory& memory = kernel.memory();
     const auto& t = kernel.layouts().task;
@@ -82,6 +117,7 @@ GuestTask read_task(GuestKernel& kernel, std::uint64_t address) {
     task.state_letter = task_state_letter(task.state, task.exit_state);
     task.kthread = task.flags & kconst::kPfKthread;
     task.idle = (task.flags & kconst::kPfIdle) && task.pid == 0;
+    task.name = proc_name(kernel, task);
     return task;
 }
 

@@ -19,7 +19,8 @@ namespace hvpatch {
 struct GuestTask {
     std::uint64_t address = 0;  // struct task_struct *
     int pid = 0, tgid = 0;
-    std::string comm;
+    std::string comm;              // task->comm (at most TASK_COMM_LEN - 1 bytes)
+    std::string name;              // as /proc/PID/comm shows it (see proc_name())
     std::uint32_t state = 0;       // __state
     std::uint32_t exit_state = 0;
     char state_letter = '?';       // as /proc/PID/stat: R S D T t X Z P I
@@ -48,6 +49,13 @@ struct TaskListOptions {
 // list order with each group's threads. Throws Error(Guest) for a corrupt
 // list (cycle, dangling pointer, over max_tasks).
 std::vector<GuestTask> list_tasks(GuestKernel& kernel, const TaskListOptions& options = {});
+
+// The name /proc/PID/comm shows (fs/proc/array.c proc_task_name()): a
+// workqueue worker's comm plus "+desc" (working) or "-desc" (idle)
+// (wq_worker_comm()), a kthread's full name (kthread->full_name, 6.1+,
+// for names longer than comm), else comm. Falls back to comm when the
+// guest's BTF lacks the structures or their memory is unreadable.
+std::string proc_name(GuestKernel& kernel, const GuestTask& task);
 
 // Reads one task_struct.
 GuestTask read_task(GuestKernel& kernel, std::uint64_t address);
