@@ -73,9 +73,14 @@ TEST_F(GuestKernelTest, TaskListMatchesProc) {
     for (const auto& t : tasks)
         if (!t.idle) by_pid[t.pid] = t;
     std::istringstream in(listing);
-    int tid = 0, tgid = 0, checked = 0, kworkers = 0;
-    std::string comm;
-    while (in >> tid >> tgid && std::getline(in >> std::ws, comm)) {
+    int checked = 0, kworkers = 0;
+    std::string line;
+    while (std::getline(in, line)) {
+        // "TID TGID NAME"; a process that exited mid-listing leaves "* TGID".
+        std::istringstream fields(line);
+        int tid = 0, tgid = 0;
+        std::string comm;
+        if (!(fields >> tid >> tgid) || !std::getline(fields >> std::ws, comm)) continue;
         auto it = by_pid.find(tid);
         // Tasks of the listing command itself have exited by now.
         if (it == by_pid.end()) continue;
@@ -87,9 +92,10 @@ TEST_F(GuestKernelTest, TaskListMatchesProc) {
             // the form, not the work.
             std::string ours = it->second.name.substr(0, it->second.comm.size());
             EXPECT_EQ(ours, comm.substr(0, it->second.comm.size())) << "tid " << tid;
-            if (it->second.name.size() > it->second.comm.size())
+            if (it->second.name.size() > it->second.comm.size()) {
                 EXPECT_NE(std::string("+-").find(it->second.name[it->second.comm.size()]), std::string::npos)
                     << it->second.name;
+            }
             ++kworkers;
         } else {
             EXPECT_EQ(it->second.name, comm) << "tid " << tid;
