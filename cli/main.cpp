@@ -31,6 +31,8 @@ int main(int argc, char** argv) {
     app.set_version_flag("--version", "hvpatch 0.1.0");
     cli::add_inspect_command(app);
     cli::add_read_command(app);
+    cli::add_sym_command(app);
+    cli::add_ps_command(app);
     cli::add_demo_command(app);
 
     bool json = false;

@@ -1,0 +1,91 @@
+// `hvpatch sym TARGET NAME | ADDR | --all`: the guest's symbols, decoded
+// from its memory, printed as /proc/kallsyms prints them.
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "cli/output.h"
+#include "cli/snapshot.h"
+#include "hvpatch/error.h"
+
+namespace hvpatch::cli {
+namespace {
+
+struct SymOptions {
+    std::string target, query;
+    bool all = false, json = false;
+};
+
+std::string kallsyms_line(const KernelSymbol& s) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%016llx %c ", static_cast<unsigned long long>(s.address.value), s.type);
+    std::string line = buf + s.name;
+    if (!s.module.empty()) line += "\t[" + s.module + "]";
+    return line;
+}
+
+nlohmann::json symbol_json(const KernelSymbol& s) {
+    nlohmann::json j = {{"address", hex(s.address.value)}, {"type", std::string(1, s.type)}, {"name", s.name}};
+    if (!s.module.empty()) j["module"] = s.module;
+    return j;
+}
+
+void run_sym(const SymOptions& opt) {
+    if (opt.all == !opt.query.empty()) throw Error(ErrorKind::Usage, "sym: give a NAME, an ADDR, or --all");
+    bool by_address = opt.query.rfind("0x", 0) == 0;
+    std::uint64_t address = by_address ? parse_number(opt.query, "address") : 0;
+
+    Snapshot snap(opt.target);
+    const KallsymsTable& table = snap.kernel().symbols();
+    std::vector<KernelSymbol> symbols;
+    std::optional<KallsymsTable::Resolved> resolved;
+    if (opt.all) {
+        symbols = table.symbols();
+    } else if (by_address) {
+        resolved = table.resolve(GuestVirtAddr{address});
+        if (!resolved)
+            throw Error(ErrorKind::Guest, snap.machine().name() + ": no kernel symbol contains " + hex(address));
+    } else {
+        symbols = table.find_all(opt.query);
+        if (symbols.empty())
+            throw Error(ErrorKind::Guest, snap.machine().name() + ": the guest kernel has no symbol '" + opt.query + "'");
+    }
+    snap.release();
+
+    if (resolved) {
+        const auto& r = *resolved;
+        if (opt.json) {
+            nlohmann::json j = symbol_json(r.symbol);
+            j["offset"] = hex_short(r.offset);
+            j["size"] = hex_short(r.size);
+            j["query"] = hex(address);
+            std::printf("%s\n", j.dump(2).c_str());
+        } else {
+            std::printf("%s+%s/%s%s\n", r.symbol.name.c_str(), hex_short(r.offset).c_str(), hex_short(r.size).c_str(),
+                        r.symbol.module.empty() ? "" : (" [" + r.symbol.module + "]").c_str());
+        }
+        return;
+    }
+    if (opt.json) {
+        nlohmann::json list = nlohmann::json::array();
+        for (const auto& s : symbols) list.push_back(symbol_json(s));
+        std::printf("%s\n", nlohmann::json{{"symbols", list}}.dump(2).c_str());
+        return;
+    }
+    std::string out;
+    for (const auto& s : symbols) out += kallsyms_line(s) + "\n";
+    std::fputs(out.c_str(), stdout);
+}
+
+}  // namespace
+
+void add_sym_command(CLI::App& app) {
+    auto opt = std::make_shared<SymOptions>();
+    auto* cmd = app.add_subcommand("sym", "Resolve guest kernel symbols (like /proc/kallsyms)");
+    cmd->add_option("target", opt->target, "qmp:PATH")->required();
+    cmd->add_option("query", opt->query, "symbol NAME, or ADDR (0x...) to resolve to symbol+offset/size");
+    cmd->add_flag("--all", opt->all, "every symbol, in /proc/kallsyms format");
+    cmd->add_flag("--json", opt->json, "Print JSON");
+    cmd->callback([opt] { run_sym(*opt); });
+}
+
+}  // namespace hvpatch::cli
