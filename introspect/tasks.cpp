@@ -4,6 +4,7 @@
 #include <unordered_set>
 
 #include "hvpatch/error.h"
+#include "introspect/guest_list.h"
 #include "introspect/kernel_constants.h"
 
 namespace hvpatch {
@@ -18,30 +19,6 @@ std::uint64_t read_field(KernelMemory& memory, std::uint64_t base, const LayoutF
         default:
             throw Error(ErrorKind::Guest, "field " + std::string(field.path) + " has unsupported size " +
                                               std::to_string(field.size));
-    }
-}
-
-// Walks a circular list_head starting at `head` (not an entry itself) and
-// returns the entry addresses (list node address - `node_offset`).
-std::vector<std::uint64_t> walk_list(KernelMemory& memory, std::uint64_t head, std::uint64_t node_offset,
-                                     std::size_t limit, const std::string& what) {
-    std::vector<std::uint64_t> entries;
-    std::unordered_set<std::uint64_t> seen{head};
-    std::uint64_t node = head;
-    while (true) {
-        std::uint64_t next;
-        try {
-            next = memory.read_u64(GuestVirtAddr{node});
-        } catch (const Error& e) {
-            throw Error(ErrorKind::Guest, what + ": list node at " + hex(node) + " unreadable: " + e.what());
-        }
-        if (next == head) return entries;
-        if (!seen.insert(next).second)
-            throw Error(ErrorKind::Guest, what + ": list loops back to " + hex(next) + " without reaching its head");
-        if (entries.size() >= limit)
-            throw Error(ErrorKind::Guest, what + ": more than " + std::to_string(limit) + " entries");
-        entries.push_back(next - node_offset);
-        node = next;
     }
 }
 
@@ -109,6 +86,7 @@ GuestTask read_task(GuestKernel& kernel, std::uint64_t address) {
         task.saved_sp = read_field(memory, address, t.thread_sp);
         task.mm = read_field(memory, address, t.mm);
         if (t.cpu) task.cpu = static_cast<int>(read_field(memory, address, *t.cpu));
+        if (t.on_cpu) task.on_cpu = read_field(memory, address, *t.on_cpu) != 0;
         if (t.patch_state)
             task.patch_state = static_cast<std::int32_t>(read_field(memory, address, *t.patch_state));
     } catch (const Error& e) {

@@ -30,6 +30,7 @@ struct GuestTask {
     bool idle = false;             // a CPU's idle task (pid 0)
     int cpu = -1;                  // thread_info.cpu: where it last ran
     std::optional<int> running_on; // the CPU whose current task this is
+    bool on_cpu = false;           // task->on_cpu: running, or mid context switch
     std::uint64_t stack_base = 0;  // task->stack
     std::uint64_t saved_sp = 0;    // thread.sp
     std::uint64_t mm = 0;

@@ -1,0 +1,174 @@
+#include "introspect/task_stacks.h"
+
+#include "hvpatch/error.h"
+#include "introspect/stacks.h"
+
+namespace hvpatch {
+namespace {
+
+int kernel_minor(const std::string& release, int* major) {
+    int maj = 0, min = 0;
+    if (std::sscanf(release.c_str(), "%d.%d", &maj, &min) != 2)
+        throw Error(ErrorKind::Guest, "cannot read the kernel version from release '" + release + "'");
+    *major = maj;
+    return min;
+}
+
+}  // namespace
+
+std::string ResolvedFrame::describe() const {
+    if (symbol.empty()) return hex(frame.ip.value);
+    std::string s = symbol + "+" + hex_short(offset) + "/" + hex_short(size);
+    if (!module.empty()) s += " [" + module + "]";
+    return s;
+}
+
+std::optional<ResolvedFrame> TaskStack::wait_site() const {
+    for (const auto& f : frames)
+        if (!f.scheduler) return f;
+    return std::nullopt;
+}
+
+StackWalker::~StackWalker() = default;
+
+StackWalker::StackWalker(GuestKernel& kernel) : kernel_(kernel) {
+    const GuestLayouts& l = kernel.layouts();
+    layouts_.pt_regs_size = l.regs.size;
+    layouts_.regs_ip = l.regs.ip.offset;
+    layouts_.regs_sp = l.regs.sp.offset;
+    layouts_.regs_bp = l.regs.bp.offset;
+    layouts_.regs_cs = l.regs.cs.offset;
+    layouts_.regs_flags = l.regs.flags.offset;
+    layouts_.regs_orig_ax = l.regs.orig_ax.offset;
+    layouts_.regs_r10 = l.regs.r10.offset;
+    layouts_.regs_r13 = l.regs.r13.offset;
+    layouts_.regs_di = l.regs.di.offset;
+    layouts_.regs_dx = l.regs.dx.offset;
+    layouts_.frame_size = l.frame.size;
+    layouts_.frame_bp = l.frame.bp.offset;
+    layouts_.frame_ret_addr = l.frame.ret_addr.offset;
+
+    auto sym = [&](const char* name) { return kernel.symbol(name); };
+    if (!kernel.find_symbol("__start_orc_unwind_ip"))
+        throw Error(ErrorKind::Guest, "the guest kernel has no ORC unwind tables (not built with CONFIG_UNWINDER_ORC)");
+    int major = 0;
+    int minor = kernel_minor(kernel.info().release, &major);
+    VmlinuxOrcTables t;
+    t.ip_table = GuestVirtAddr{sym("__start_orc_unwind_ip")};
+    t.orc_table = GuestVirtAddr{sym("__start_orc_unwind")};
+    t.num_entries = (sym("__stop_orc_unwind_ip") - t.ip_table.value) / 4;
+    t.lookup_table = GuestVirtAddr{sym("orc_lookup")};
+    t.lookup_entries = (sym("orc_lookup_end") - t.lookup_table.value) / 4;
+    t.text_start = GuestVirtAddr{sym("_stext")};
+    t.text_end = GuestVirtAddr{sym("_etext")};
+    if (auto s = kernel.find_symbol("_sinittext")) t.inittext_start = GuestVirtAddr{*s};
+    if (auto e = kernel.find_symbol("_einittext")) t.inittext_end = GuestVirtAddr{*e};
+    t.format = orc_format_for_kernel(major, minor, kernel.find_symbol("__start_orc_header").has_value());
+    orc_ = std::make_unique<CompositeOrcSource>();
+    orc_->add(make_vmlinux_orc(kernel.memory(), t));
+
+    ret_from_fork_ = kernel.find_symbol("ret_from_fork").value_or(0);
+    sched_begin_ = kernel.find_symbol("__sched_text_start").value_or(0);
+    sched_end_ = kernel.find_symbol("__sched_text_end").value_or(0);
+    lock_begin_ = kernel.find_symbol("__lock_text_start").value_or(0);
+    lock_end_ = kernel.find_symbol("__lock_text_end").value_or(0);
+
+    std::uint64_t cea_size = kernel.btf().size_of("cpu_entry_area");
+    KernelMemory& memory = kernel.memory();
+    for (int cpu = 0; cpu < kernel.info().nr_cpu_ids; ++cpu) {
+        CpuStacks s;
+        s.hardirq_stack_ptr = memory.read_u64(GuestVirtAddr{kernel.per_cpu("hardirq_stack_ptr", cpu)});
+        s.cea_exception_stacks = memory.read_u64(GuestVirtAddr{kernel.per_cpu("cea_exception_stacks", cpu)});
+        s.entry_stack = x86_64_6_1::entry_stack_address(
+            x86_64_6_1::cpu_entry_area_address(static_cast<unsigned>(cpu), cea_size));
+        cpus_.push_back(s);
+    }
+
+    Machine& machine = kernel.machine();
+    for (int vcpu : machine.vcpus()) {
+        VcpuRegisters regs = machine.read_registers(vcpu);
+        vcpu_regs_.push_back(regs);
+        // In the kernel GS holds the per-CPU base; in user mode it sits in
+        // KERNEL_GS_BASE until the next swapgs.
+        std::uint64_t base = regs.cpl() == 0 ? regs.gs_base : regs.kernel_gs_base;
+        for (int cpu = 0; cpu < kernel.info().nr_cpu_ids; ++cpu)
+            if (kernel.per_cpu_offset(cpu) == base) vcpu_to_cpu_.emplace_back(vcpu, cpu);
+    }
+}
+
+std::optional<int> StackWalker::cpu_of_vcpu(int vcpu) const {
+    for (auto [v, c] : vcpu_to_cpu_)
+        if (v == vcpu) return c;
+    return std::nullopt;
+}
+
+std::vector<StackArea> StackWalker::areas_for(const GuestTask& task, int cpu) const {
+    x86_64_6_1::StackInputs in;
+    in.task_stack = task.stack_base;
+    if (cpu >= 0 && static_cast<std::size_t>(cpu) < cpus_.size()) {
+        in.hardirq_stack_ptr = cpus_[static_cast<std::size_t>(cpu)].hardirq_stack_ptr;
+        in.cea_exception_stacks = cpus_[static_cast<std::size_t>(cpu)].cea_exception_stacks;
+        in.entry_stack = cpus_[static_cast<std::size_t>(cpu)].entry_stack;
+    }
+    return x86_64_6_1::stack_areas(in);
+}
+
+ResolvedFrame StackWalker::resolve(const StackFrame& frame) const {
+    ResolvedFrame r;
+    r.frame = frame;
+    // A return address may sit just past a call that ends its function:
+    // look it up one byte back, as %pB (sprint_backtrace) does, and print the
+    // offset of the address itself. Exact addresses (a vCPU's RIP, a
+    // pt_regs ip) are looked up as they are.
+    std::uint64_t ip = frame.ip.value;
+    bool return_address = frame.kind == FrameKind::Call || frame.kind == FrameKind::TaskSwitch;
+    if (auto res = kernel_.symbols().resolve(GuestVirtAddr{return_address ? ip - 1 : ip})) {
+        r.symbol = res->symbol.name;
+        r.offset = ip - res->symbol.address.value;
+        r.size = res->size;
+        r.module = res->symbol.module;
+    }
+    r.scheduler = (ip >= sched_begin_ && ip < sched_end_) || (ip >= lock_begin_ && ip < lock_end_);
+    return r;
+}
+
+TaskStack StackWalker::unwind(const GuestTask& task) {
+    TaskStack out;
+    UnwindStart start;
+    int cpu = task.cpu;
+    if (task.running_on) {
+        cpu = *task.running_on;
+        for (auto [vcpu, c] : vcpu_to_cpu_) {
+            if (c != cpu) continue;
+            const VcpuRegisters& regs = vcpu_regs_[static_cast<std::size_t>(vcpu)];
+            out.vcpu = vcpu;
+            start.from_vcpu = true;
+            start.ip = regs.rip;
+            start.sp = regs.rsp;
+            start.bp = regs.rbp;
+            start.cs = regs.cs;
+            start.di = regs.rdi;
+            start.dx = regs.rdx;
+            start.r10 = regs.r10;
+            start.r13 = regs.r13;
+        }
+        if (!out.vcpu) {
+            out.unwind.reason = "task is current on CPU " + std::to_string(cpu) + " but no vCPU runs as that CPU";
+            return out;
+        }
+    } else {
+        start.sp = task.saved_sp;
+        start.task_on_cpu = task.on_cpu;
+    }
+    UnwindContext context;
+    context.memory = &kernel_.memory();
+    context.orc = orc_.get();
+    context.layouts = layouts_;
+    context.stack_of = x86_64_6_1::stack_lookup(areas_for(task, cpu));
+    context.ret_from_fork = ret_from_fork_;
+    out.unwind = unwind_stack(context, start);
+    for (const auto& f : out.unwind.frames) out.frames.push_back(resolve(f));
+    return out;
+}
+
+}  // namespace hvpatch

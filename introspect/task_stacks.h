@@ -1,0 +1,66 @@
+// Every task's kernel stack from one freeze: ORC unwinding with the guest's
+// own tables, started from a sleeping task's saved frame or, for a task
+// running on a frozen vCPU, from that vCPU's registers. Each stack gets a
+// reliability verdict (orc_unwind.h) and frames resolved to symbols.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "introspect/guest_kernel.h"
+#include "introspect/orc_unwind.h"
+#include "introspect/tasks.h"
+
+namespace hvpatch {
+
+struct ResolvedFrame {
+    StackFrame frame;
+    std::string symbol;    // "" when the ip is in no known symbol
+    std::uint64_t offset = 0, size = 0;
+    std::string module;    // "" for vmlinux
+    bool scheduler = false;  // in __sched_text / __lock_text (omitted by /proc/PID/stack)
+    // "func+0x1a/0x40 [mod]" or the raw address.
+    std::string describe() const;
+};
+
+struct TaskStack {
+    UnwindResult unwind;
+    std::vector<ResolvedFrame> frames;
+    std::optional<int> vcpu;  // the vCPU the walk started from (running task)
+    // First frame outside the scheduler and lock text: where the task sleeps.
+    std::optional<ResolvedFrame> wait_site() const;
+};
+
+class StackWalker {
+public:
+    // Prepares ORC sources, per-CPU stacks and the vCPU ↔ CPU mapping from
+    // the kernel of one freeze. Throws Error(Guest) when the guest lacks ORC
+    // tables (a kernel built without CONFIG_UNWINDER_ORC).
+    explicit StackWalker(GuestKernel& kernel);
+    ~StackWalker();
+
+    TaskStack unwind(const GuestTask& task);
+
+    // The guest CPU a vCPU runs as (by its per-CPU base in GS), if known.
+    std::optional<int> cpu_of_vcpu(int vcpu) const;
+
+private:
+    std::vector<StackArea> areas_for(const GuestTask& task, int cpu) const;
+    ResolvedFrame resolve(const StackFrame& frame) const;
+
+    GuestKernel& kernel_;
+    std::unique_ptr<CompositeOrcSource> orc_;
+    UnwindLayouts layouts_;
+    std::uint64_t ret_from_fork_ = 0;
+    std::uint64_t sched_begin_ = 0, sched_end_ = 0, lock_begin_ = 0, lock_end_ = 0;
+    struct CpuStacks {
+        std::uint64_t hardirq_stack_ptr = 0, cea_exception_stacks = 0, entry_stack = 0;
+    };
+    std::vector<CpuStacks> cpus_;
+    std::vector<std::pair<int, int>> vcpu_to_cpu_;  // (vCPU, CPU)
+    std::vector<VcpuRegisters> vcpu_regs_;
+};
+
+}  // namespace hvpatch
