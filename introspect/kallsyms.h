@@ -44,12 +44,15 @@ class KallsymsTable {
 public:
     // Finds the tables by their shape inside the kernel image
     // [image_start, image_start + image_size) and decodes every symbol.
+    // The range must contain _text (kallsyms_relative_base, checked) and the
+    // tables; find_kernel_image() gives exactly that. A bad range (empty,
+    // wrapping) is Error(Usage).
     // Throws Error(Guest) when no consistent set of tables is found, or when
     // they are truncated/corrupt (naming the table and address), or when they
     // are in a layout this decoder does not support (see kallsyms.cpp).
     // Bounded: at most `image_size` bytes scanned (unmapped pages inside the
     // image are skipped), num_syms capped at kMaxSymbols.
-    static constexpr std::uint64_t kMaxSymbols = 2'000'000;  // a 6.1 distro kernel has ~150k
+    static constexpr std::uint64_t kMaxSymbols = 2'000'000;  // Debian 6.1.0-56-amd64 has 94,266
     static KallsymsTable locate(VirtualMemory& memory, GuestVirtAddr image_start, std::uint64_t image_size);
 
     // Decodes tables whose addresses are already known (used by locate()
@@ -57,7 +60,8 @@ public:
     static KallsymsTable decode(VirtualMemory& memory, const KallsymsLayout& layout);
 
     const KallsymsLayout& layout() const { return layout_; }
-    // vmlinux symbols in kallsyms order (the order /proc/kallsyms prints).
+    // vmlinux symbols in kallsyms order (the order /proc/kallsyms prints;
+    // it skips symbols whose name is empty).
     const std::vector<KernelSymbol>& symbols() const { return symbols_; }
 
     // All symbols of that name, in address order. sympos (livepatch's
