@@ -4,6 +4,7 @@
 #include "cli/commands.h"
 #include "cli/output.h"
 #include "cli/snapshot.h"
+#include "introspect/task_stacks.h"
 #include "introspect/tasks.h"
 
 namespace hvpatch::cli {
@@ -17,6 +18,21 @@ struct PsOptions {
 void run_ps(const PsOptions& opt) {
     Snapshot snap(opt.target);
     std::vector<GuestTask> tasks = list_tasks(snap.kernel());
+    // Where each task waits: the first frame of its stack outside the
+    // scheduler (like wchan). Running tasks have none.
+    std::vector<std::string> waits;
+    {
+        StackWalker walker(snap.kernel());
+        for (const auto& t : tasks) {
+            std::string wait;
+            if (!t.running_on) {
+                TaskStack stack = walker.unwind(t);
+                if (auto site = stack.wait_site()) wait = site->symbol.empty() ? site->describe() : site->symbol;
+                if (!stack.unwind.reliable) wait += wait.empty() ? "?" : " ?";
+            }
+            waits.push_back(wait);
+        }
+    }
     snap.release();
 
     if (opt.json) {
@@ -31,7 +47,8 @@ void run_ps(const PsOptions& opt) {
                                 {"idle", t.idle},
                                 {"cpu", t.cpu},
                                 {"task", hex(t.address)},
-                                {"patch_pending", t.patch_pending()}};
+                                {"patch_pending", t.patch_pending()},
+                                {"wait", waits[static_cast<std::size_t>(&t - tasks.data())]}};
             j["running_on"] = t.running_on ? nlohmann::json(*t.running_on) : nlohmann::json(nullptr);
             if (t.patch_state) j["patch_state"] = *t.patch_state;
             list.push_back(j);
@@ -44,17 +61,20 @@ void run_ps(const PsOptions& opt) {
     }
     std::string out;
     char line[512];
-    std::snprintf(line, sizeof line, "%7s %7s %-1s %-4s %-3s %-18s %s\n", "PID", "TGID", "S", "CPU", "K", "TASK", "NAME");
+    std::snprintf(line, sizeof line, "%7s %7s %-1s %-4s %-1s %-24s %s\n", "PID", "TGID", "S", "CPU", "K", "WAIT",
+                  "NAME");
     out += line;
     for (const auto& t : tasks) {
         std::string cpu = t.running_on ? std::to_string(*t.running_on) + "*" : std::to_string(t.cpu);
-        std::snprintf(line, sizeof line, "%7d %7d %c %-4s %-3s %-18s %s\n", t.pid, t.tgid, t.state_letter,
-                      cpu.c_str(), t.kthread ? "k" : "", hex(t.address).c_str(),
+        const std::string& wait = waits[static_cast<std::size_t>(&t - tasks.data())];
+        std::snprintf(line, sizeof line, "%7d %7d %c %-4s %-1s %-24s %s\n", t.pid, t.tgid, t.state_letter,
+                      cpu.c_str(), t.kthread ? "k" : "", wait.substr(0, 24).c_str(),
                       t.idle ? ("[" + t.name + "]").c_str() : t.name.c_str());
         out += line;
     }
     std::fputs(out.c_str(), stdout);
-    std::printf("%zu tasks; CPU with * = running there at the freeze; guest paused %s\n", tasks.size(),
+    std::printf("%zu tasks; CPU with * = running there at the freeze; WAIT ? = stack not reliable; guest paused %s\n",
+                tasks.size(),
                 milliseconds(snap.paused_for()).c_str());
 }
 

@@ -13,6 +13,7 @@ void add_read_command(CLI::App& app);
 void add_demo_command(CLI::App& app);
 void add_sym_command(CLI::App& app);
 void add_ps_command(CLI::App& app);
+void add_stack_command(CLI::App& app);
 
 // The body of `hvpatch inspect`, also used by `hvpatch demo`.
 void inspect_machine(Machine& machine, bool json);

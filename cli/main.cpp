@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
     cli::add_read_command(app);
     cli::add_sym_command(app);
     cli::add_ps_command(app);
+    cli::add_stack_command(app);
     cli::add_demo_command(app);
 
     bool json = false;
