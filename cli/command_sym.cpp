@@ -6,6 +6,7 @@
 #include "cli/output.h"
 #include "cli/snapshot.h"
 #include "hvpatch/error.h"
+#include "introspect/modules.h"
 
 namespace hvpatch::cli {
 namespace {
@@ -36,16 +37,27 @@ void run_sym(const SymOptions& opt) {
 
     Snapshot snap(opt.target);
     const KallsymsTable& table = snap.kernel().symbols();
+    ModuleSymbolResolver modules = ModuleSymbolResolver::for_kernel(snap.kernel());
     std::vector<KernelSymbol> symbols;
     std::optional<KallsymsTable::Resolved> resolved;
+    // vmlinux first, then each module in list order: /proc/kallsyms' order.
+    auto module_symbols_where = [&](auto&& keep) {
+        for (const auto& module : modules.modules())
+            for (auto& s : module_symbols(snap.kernel(), module))
+                if (keep(s)) symbols.push_back(std::move(s));
+    };
     if (opt.all) {
-        symbols = table.symbols();
+        for (const auto& s : table.symbols())
+            if (!s.name.empty()) symbols.push_back(s);  // /proc/kallsyms skips empty names
+        module_symbols_where([](const KernelSymbol& s) { return !s.name.empty(); });
     } else if (by_address) {
-        resolved = table.resolve(GuestVirtAddr{address});
+        resolved = module_for_address(modules.modules(), address) ? modules.resolve(address)
+                                                                  : table.resolve(GuestVirtAddr{address});
         if (!resolved)
             throw Error(ErrorKind::Guest, snap.machine().name() + ": no kernel symbol contains " + hex(address));
     } else {
         symbols = table.find_all(opt.query);
+        module_symbols_where([&](const KernelSymbol& s) { return s.name == opt.query; });
         if (symbols.empty())
             throw Error(ErrorKind::Guest, snap.machine().name() + ": the guest kernel has no symbol '" + opt.query + "'");
     }

@@ -66,8 +66,27 @@ StackWalker::StackWalker(GuestKernel& kernel) : kernel_(kernel) {
     t.format = orc_format_for_kernel(major, minor, kernel.find_symbol("__start_orc_header").has_value());
     orc_ = std::make_unique<CompositeOrcSource>();
     orc_->add(make_vmlinux_orc(kernel.memory(), t));
+    // Module code unwinds with each module's own ORC tables.
+    modules_ = std::make_unique<ModuleSymbolResolver>(ModuleSymbolResolver::for_kernel(kernel));
+    add_module_orc_sources(*orc_, kernel.memory(), modules_->modules(), t.format);
 
     ret_from_fork_ = kernel.find_symbol("ret_from_fork").value_or(0);
+    // Code that rewrites return addresses on the stack (function-graph
+    // tracer, kretprobes): a frame there is unreliable unless recovered.
+    for (const char* name : {"return_to_handler", "arch_rethook_trampoline", "__kretprobe_trampoline"}) {
+        auto all = kernel.symbols().find_all(name);
+        if (all.empty()) continue;
+        auto res = kernel.symbols().resolve(all.front().address);
+        std::uint64_t size = res && res->size ? res->size : 1;
+        return_trampolines_.push_back({all.front().address.value, all.front().address.value + size, name});
+    }
+    // __kernel_text_address(): core and init text, and module text.
+    text_ranges_.emplace_back(t.text_start.value, t.text_end.value);
+    if (t.inittext_start.value) text_ranges_.emplace_back(t.inittext_start.value, t.inittext_end.value);
+    for (const auto& m : modules_->modules()) {
+        text_ranges_.emplace_back(m.core.base, m.core.base + m.core.text_size);
+        if (m.init.size) text_ranges_.emplace_back(m.init.base, m.init.base + m.init.text_size);
+    }
     sched_begin_ = kernel.find_symbol("__sched_text_start").value_or(0);
     sched_end_ = kernel.find_symbol("__sched_text_end").value_or(0);
     lock_begin_ = kernel.find_symbol("__lock_text_start").value_or(0);
@@ -113,7 +132,7 @@ std::vector<StackArea> StackWalker::areas_for(const GuestTask& task, int cpu) co
     return x86_64_6_1::stack_areas(in);
 }
 
-ResolvedFrame StackWalker::resolve(const StackFrame& frame) const {
+ResolvedFrame StackWalker::resolve(const StackFrame& frame) {
     ResolvedFrame r;
     r.frame = frame;
     // A return address may sit just past a call that ends its function:
@@ -122,7 +141,11 @@ ResolvedFrame StackWalker::resolve(const StackFrame& frame) const {
     // pt_regs ip) are looked up as they are.
     std::uint64_t ip = frame.ip.value;
     bool return_address = frame.kind == FrameKind::Call || frame.kind == FrameKind::TaskSwitch;
-    if (auto res = kernel_.symbols().resolve(GuestVirtAddr{return_address ? ip - 1 : ip})) {
+    std::uint64_t lookup = return_address ? ip - 1 : ip;
+    std::optional<KallsymsTable::Resolved> found = module_for_address(modules_->modules(), lookup)
+                                                       ? modules_->resolve(lookup)
+                                                       : kernel_.symbols().resolve(GuestVirtAddr{lookup});
+    if (auto& res = found) {
         r.symbol = res->symbol.name;
         r.offset = ip - res->symbol.address.value;
         r.size = res->size;
@@ -166,6 +189,12 @@ TaskStack StackWalker::unwind(const GuestTask& task) {
     context.layouts = layouts_;
     context.stack_of = x86_64_6_1::stack_lookup(areas_for(task, cpu));
     context.ret_from_fork = ret_from_fork_;
+    context.return_trampolines = return_trampolines_;
+    context.is_kernel_text = [this](std::uint64_t ip) {
+        for (auto [begin, end] : text_ranges_)
+            if (ip >= begin && ip < end) return true;
+        return false;
+    };
     out.unwind = unwind_stack(context, start);
     for (const auto& f : out.unwind.frames) out.frames.push_back(resolve(f));
     return out;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "introspect/guest_kernel.h"
+#include "introspect/modules.h"
 #include "introspect/orc_unwind.h"
 #include "introspect/tasks.h"
 
@@ -48,12 +49,15 @@ public:
 
 private:
     std::vector<StackArea> areas_for(const GuestTask& task, int cpu) const;
-    ResolvedFrame resolve(const StackFrame& frame) const;
+    ResolvedFrame resolve(const StackFrame& frame);
 
     GuestKernel& kernel_;
     std::unique_ptr<CompositeOrcSource> orc_;
+    std::unique_ptr<ModuleSymbolResolver> modules_;
     UnwindLayouts layouts_;
     std::uint64_t ret_from_fork_ = 0;
+    std::vector<ReturnTrampoline> return_trampolines_;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> text_ranges_;  // [begin, end) of kernel text
     std::uint64_t sched_begin_ = 0, sched_end_ = 0, lock_begin_ = 0, lock_end_ = 0;
     struct CpuStacks {
         std::uint64_t hardirq_stack_ptr = 0, cea_exception_stacks = 0, entry_stack = 0;
