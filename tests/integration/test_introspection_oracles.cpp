@@ -1,0 +1,233 @@
+// hvpatch's view of a frozen guest against the guest's own view, through the
+// CLI (sym --all, ps --json, stack --json), on several guest configurations.
+//
+// The guest cannot look at itself while it is frozen, so the oracles are
+// taken just before and just after the freeze; a task whose state or stack is
+// the same in both is compared exactly (it cannot have changed in between).
+// The guest's command loop (cmd-loop) is the oracle's own machinery: it is
+// always waiting for the listing command while the guest lists, and idle in
+// poll() at the freeze, so it is left out.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "hvpatch/machine.h"
+#include "introspect/guest_kernel.h"
+#include "introspect/task_stacks.h"
+#include "support/run_command.h"
+#include "support/test_guest.h"
+
+namespace hvpatch::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct DefaultGuest {
+    static TestGuestOptions options() { return {}; }
+};
+struct FiveLevelGuest {
+    static TestGuestOptions options() {
+        TestGuestOptions o;
+        o.cpu_model = "max";
+        return o;
+    }
+};
+struct CloudGuest {
+    static TestGuestOptions options() {
+        TestGuestOptions o;
+        o.flavour = "cloud-amd64";
+        return o;
+    }
+};
+
+CommandResult hvpatch(const std::vector<std::string>& args) {
+    std::vector<std::string> argv{hvpatch_binary()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return run_command(argv, 300s);
+}
+
+// "TID STATE NAME" per task from /proc/*/task/*/stat (name from /proc comm).
+std::map<int, std::pair<char, std::string>> guest_tasks(TestGuest& guest) {
+    std::string out = guest.run_ok(
+        "for t in /proc/[0-9]*/task/*; do s=$(cat $t/stat 2>/dev/null) || continue; "
+        "c=$(cat $t/comm 2>/dev/null) || continue; s=${s##*) }; echo \"${t##*/} ${s%% *} $c\"; done");
+    std::map<int, std::pair<char, std::string>> tasks;
+    std::istringstream in(out);
+    std::string line;
+    while (std::getline(in, line)) {
+        std::istringstream f(line);
+        int tid = 0;
+        std::string state, name;
+        if (!(f >> tid >> state) || state.size() != 1 || !std::getline(f >> std::ws, name)) continue;
+        tasks[tid] = {state[0], name};
+    }
+    return tasks;
+}
+
+// /proc/TID/stack of every task, frames as "func+0x1a/0x40 [mod]".
+std::map<int, std::vector<std::string>> guest_stacks(TestGuest& guest) {
+    std::string out = guest.run_ok(
+        "for t in /proc/[0-9]*/task/*; do echo \"== ${t##*/}\"; cat $t/stack 2>/dev/null; done", 60s);
+    std::map<int, std::vector<std::string>> stacks;
+    std::istringstream in(out);
+    std::string line;
+    int tid = -1;
+    while (std::getline(in, line)) {
+        if (line.rfind("== ", 0) == 0) {
+            tid = std::atoi(line.c_str() + 3);
+            stacks[tid];
+        } else if (tid >= 0 && line.rfind("[<0>] ", 0) == 0) {
+            stacks[tid].push_back(line.substr(6));
+        }
+    }
+    return stacks;
+}
+
+template <typename Config>
+class OraclesTest : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() { guest_ = TestGuest::boot(Config::options()).release(); }
+    static void TearDownTestSuite() {
+        delete guest_;
+        guest_ = nullptr;
+    }
+    void SetUp() override { ASSERT_NE(guest_, nullptr) << "the test guest did not boot"; }
+    static TestGuest* guest_;
+};
+template <typename Config>
+TestGuest* OraclesTest<Config>::guest_ = nullptr;
+
+using Configs = ::testing::Types<DefaultGuest, FiveLevelGuest, CloudGuest>;
+TYPED_TEST_SUITE(OraclesTest, Configs);
+
+TYPED_TEST(OraclesTest, SymAllEqualsProcKallsyms) {
+    // Only the symbols hvpatch can know: vmlinux and module lists. BPF
+    // programs, ftrace and kprobe trampolines ([bpf], [__builtin__*]) are
+    // not modules; the test guest has none of them, and this is checked.
+    std::string builtin = this->guest_->run("grep -c '\\[__builtin__\\|\\[bpf\\]' /proc/kallsyms").output;
+    ASSERT_EQ(builtin, "0\n");
+    std::string guest_sum = this->guest_->run_ok("md5sum /proc/kallsyms");
+    CommandResult r = hvpatch({"sym", this->guest_->target(), "--all"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::size_t lines = static_cast<std::size_t>(std::count(r.out.begin(), r.out.end(), '\n'));
+    EXPECT_GT(lines, 50000u);
+    // Compare by digest; on a mismatch, fetch the guest's file and show
+    // the first difference.
+    CommandOptions md5;
+    md5.input = r.out;
+    std::string host_sum = run_command({"md5sum"}, md5).out;
+    if (host_sum.substr(0, 32) != guest_sum.substr(0, 32)) {
+        std::string theirs = this->guest_->run_ok("cat /proc/kallsyms", 120s);
+        std::istringstream a(r.out), b(theirs);
+        std::string la, lb;
+        std::size_t n = 0;
+        while (std::getline(a, la) && std::getline(b, lb) && la == lb) ++n;
+        FAIL() << "first difference at line " << n + 1 << ":\n  hvpatch: " << la << "\n  guest:   " << lb;
+    }
+    EXPECT_NE(r.out.find("\t[virtio_ring]"), std::string::npos) << "module symbols are listed";
+}
+
+TYPED_TEST(OraclesTest, PsEqualsProcForTasksStableAcrossTheFreeze) {
+    auto before = guest_tasks(*this->guest_);
+    CommandResult r = hvpatch({"ps", this->guest_->target(), "--json"});
+    auto after = guest_tasks(*this->guest_);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    nlohmann::json doc = nlohmann::json::parse(r.out);
+    std::map<int, nlohmann::json> ours;
+    for (const auto& t : doc["tasks"])
+        if (!t["idle"].get<bool>()) ours[t["pid"].get<int>()] = t;
+    int compared = 0, woken = 0;
+    for (const auto& [tid, b] : before) {
+        auto a = after.find(tid);
+        if (a == after.end() || a->second != b) continue;  // changed: not a fixed point
+        if (b.second.rfind("kworker/", 0) == 0) continue;    // names carry their latest work item
+        if (b.second == "cmd-loop") continue;
+        ASSERT_TRUE(ours.count(tid)) << "task " << tid << " (" << b.second << ") missing from hvpatch ps";
+        // Equal before and after does not rule out a brief wake-up in
+        // between (a timer-driven kthread): at most a couple of tasks may
+        // be caught runnable at the freeze; any other difference fails.
+        if (ours[tid]["state"] == "R" && b.first != 'R') {
+            ++woken;
+            continue;
+        }
+        EXPECT_EQ(ours[tid]["state"], std::string(1, b.first)) << "tid " << tid << " " << b.second;
+        EXPECT_EQ(ours[tid]["name"], b.second) << "tid " << tid;
+        ++compared;
+    }
+    EXPECT_GE(compared, 30);
+    EXPECT_LE(woken, 2) << "tasks seen runnable at the freeze but asleep before and after";
+    // And nothing the guest had both times is missing.
+    for (const auto& [tid, b] : before) {
+        if (!after.count(tid)) continue;
+        EXPECT_TRUE(ours.count(tid)) << "tid " << tid << " " << b.second;
+    }
+}
+
+TYPED_TEST(OraclesTest, StacksEqualProcStackWithoutSchedulerFrames) {
+    auto before = guest_stacks(*this->guest_);
+    CommandResult r = hvpatch({"stack", this->guest_->target(), "--all", "--json"});
+    auto after = guest_stacks(*this->guest_);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    nlohmann::json doc = nlohmann::json::parse(r.out);
+    int compared = 0, unreliable = 0;
+    for (const auto& s : doc["stacks"]) {
+        int pid = s["pid"].get<int>();
+        if (!s["reliable"].get<bool>()) {
+            ++unreliable;
+            EXPECT_FALSE(s["reason"].get<std::string>().empty());
+            continue;
+        }
+        if (pid == 0 || !s["vcpu"].is_null()) continue;  // idle / running: no /proc view
+        if (s["name"] == "cmd-loop") continue;
+        auto b = before.find(pid), a = after.find(pid);
+        if (b == before.end() || a == after.end() || b->second != a->second || b->second.empty()) continue;
+        std::vector<std::string> ours;
+        bool saw_scheduler = false;
+        for (const auto& f : s["frames"]) {
+            if (f["scheduler"].get<bool>()) {
+                saw_scheduler = true;
+                continue;
+            }
+            ours.push_back(f["text"].get<std::string>());
+        }
+        EXPECT_EQ(ours, b->second) << "pid " << pid << " " << s["name"];
+        EXPECT_TRUE(saw_scheduler) << "a sleeping task's stack shows the scheduler frames /proc omits";
+        ++compared;
+    }
+    EXPECT_GE(compared, 20);
+    EXPECT_LE(unreliable, 3) << r.out.substr(0, 4000);
+}
+
+TYPED_TEST(OraclesTest, RunningTasksStartAtTheirVcpusRip) {
+    auto machine = open_machine(this->guest_->target());
+    PauseGuard pause(*machine);
+    auto kernel = GuestKernel::open(*machine);
+    StackWalker walker(*kernel);
+    int running = 0;
+    for (const auto& task : list_tasks(*kernel)) {
+        if (!task.running_on) continue;
+        ++running;
+        TaskStack stack = walker.unwind(task);
+        ASSERT_TRUE(stack.vcpu) << task.name;
+        EXPECT_EQ(walker.cpu_of_vcpu(*stack.vcpu), task.running_on);
+        VcpuRegisters regs = machine->read_registers(*stack.vcpu);
+        if (regs.cpl() == 3) {
+            EXPECT_TRUE(stack.frames.empty());
+            EXPECT_EQ(stack.unwind.end, UnwindEnd::UserModeVcpu);
+            EXPECT_TRUE(stack.unwind.reliable);
+        } else {
+            ASSERT_FALSE(stack.frames.empty()) << task.name << ": " << stack.unwind.reason;
+            EXPECT_EQ(stack.frames.front().frame.ip.value, regs.rip);
+            EXPECT_EQ(stack.frames.front().frame.kind, FrameKind::Vcpu);
+            EXPECT_FALSE(stack.unwind.reason.empty());
+        }
+    }
+    EXPECT_EQ(running, 2) << "one task per vCPU";
+}
+
+}  // namespace
+}  // namespace hvpatch::test
