@@ -3,7 +3,10 @@
 
 #include "cli/commands.h"
 #include "cli/output.h"
+#include "hvpatch/error.h"
 #include "hvpatch/machine.h"
+#include "introspect/guest_kernel.h"
+#include "introspect/tasks.h"
 
 namespace hvpatch::cli {
 namespace {
@@ -12,6 +15,74 @@ struct InspectOptions {
     std::string target;
     bool json = false;
 };
+
+// What inspect reports of the guest kernel; `error` when none was found
+// (a VM still in firmware, a non-Linux guest, a corrupt kernel).
+struct KernelView {
+    std::optional<KernelInfo> info;
+    std::string error;
+    std::size_t tasks = 0;
+    std::uint64_t image_start = 0, image_size = 0, kernel_cr3 = 0;
+};
+
+KernelView look_at_kernel(Machine& machine) {
+    KernelView view;
+    try {
+        auto kernel = GuestKernel::open(machine);
+        view.info = kernel->info();
+        view.image_start = kernel->image().start.value;
+        view.image_size = kernel->image().size;
+        view.kernel_cr3 = kernel->page_tables().cr3;
+        view.tasks = list_tasks(*kernel).size();
+    } catch (const Error& e) {
+        if (e.kind() != ErrorKind::Guest) throw;
+        view.error = e.what();
+    }
+    return view;
+}
+
+nlohmann::json kernel_json(const KernelView& view) {
+    if (!view.info) return {{"error", view.error}};
+    const KernelInfo& k = *view.info;
+    return {{"release", k.release},
+            {"banner", k.banner},
+            {"text", hex(k.text.value)},
+            {"kaslr_offset", hex_short(static_cast<std::uint64_t>(k.kaslr_offset))},
+            {"image", {{"start", hex(view.image_start)}, {"size", view.image_size}}},
+            {"page_offset_base", hex(k.page_offset_base)},
+            {"vmalloc_base", hex(k.vmalloc_base)},
+            {"vmemmap_base", hex(k.vmemmap_base)},
+            {"phys_base", hex(k.phys_base)},
+            {"kernel_cr3", hex(view.kernel_cr3)},
+            {"paging_levels", static_cast<int>(k.levels)},
+            {"cpus", k.nr_cpu_ids},
+            {"tasks", view.tasks},
+            {"livepatch", {{"supported", k.livepatch},
+                           {"transition_in_progress", k.livepatch_transition},
+                           {"klp_target_state", k.klp_target_state}}}};
+}
+
+void print_kernel(const KernelView& view) {
+    if (!view.info) {
+        std::printf("Kernel:       not found (%s)\n", view.error.c_str());
+        return;
+    }
+    const KernelInfo& k = *view.info;
+    std::printf("Kernel:       %s\n", k.release.c_str());
+    std::printf("Banner:       %s\n", k.banner.c_str());
+    std::printf("KASLR:        _text %s (offset %s), image %s + %llu MiB\n", hex(k.text.value).c_str(),
+                hex_short(static_cast<std::uint64_t>(k.kaslr_offset)).c_str(), hex(view.image_start).c_str(),
+                static_cast<unsigned long long>(view.image_size >> 20));
+    std::printf("Memory map:   page_offset_base %s, vmalloc_base %s, vmemmap_base %s, phys_base %s\n",
+                hex(k.page_offset_base).c_str(), hex(k.vmalloc_base).c_str(), hex(k.vmemmap_base).c_str(),
+                hex_short(k.phys_base).c_str());
+    std::printf("Paging:       %d-level (kernel page tables %s)\n", static_cast<int>(k.levels),
+                hex(view.kernel_cr3).c_str());
+    std::printf("CPUs:         %d; tasks: %zu\n", k.nr_cpu_ids, view.tasks);
+    std::printf("Livepatch:    %s\n", !k.livepatch ? "not supported by this kernel (no CONFIG_LIVEPATCH)"
+                                       : k.livepatch_transition ? "supported; a transition is IN PROGRESS"
+                                                                : "supported; no transition in progress");
+}
 
 }  // namespace
 
@@ -23,9 +94,12 @@ void inspect_machine(Machine& machine_ref, bool json) {
 
     std::vector<std::pair<int, VcpuRegisters>> vcpus;
     std::chrono::nanoseconds paused{0};
+    KernelView kernel;
     {
+        // One freeze for everything reported.
         PauseGuard pause(*machine);
         for (int index : machine->vcpus()) vcpus.emplace_back(index, machine->read_registers(index));
+        kernel = look_at_kernel(*machine);
         paused = pause.paused_for();
     }
 
@@ -36,6 +110,7 @@ void inspect_machine(Machine& machine_ref, bool json) {
         doc["run_state"] = found == RunState::Running ? "running" : "paused";
         doc["paused_ms"] = static_cast<double>(paused.count()) / 1e6;
         doc["memory"] = memory_access_json(memory);
+        doc["kernel"] = kernel_json(kernel);
         doc["vcpus"] = nlohmann::json::array();
         for (const auto& [index, regs] : vcpus) {
             nlohmann::json v = registers_json(regs);
@@ -56,6 +131,7 @@ void inspect_machine(Machine& machine_ref, bool json) {
     for (const auto& r : memory.ranges)
         std::printf("              guest-physical %s-%s at RAM offset %s\n", hex(r.start.value).c_str(),
                     hex(r.start.value + r.size - 1).c_str(), hex_short(r.ram_offset).c_str());
+    print_kernel(kernel);
     std::printf("vCPUs:        %zu\n\n", vcpus.size());
     std::printf("%-4s %-3s %-18s %-18s %-18s %-10s %-6s %-18s %-18s\n", "VCPU", "CPL", "RIP", "RSP", "CR3", "CR4",
                 "EFER", "GS_BASE", "KERNEL_GS_BASE");
