@@ -11,6 +11,7 @@ namespace {
 constexpr std::uint64_t k2MiB = 2ULL << 20;
 constexpr std::uint64_t kKernelImageMax = 1ULL << 30;  // KERNEL_IMAGE_SIZE with KASLR
 constexpr std::uint64_t kMinKernelImage = 8 * k2MiB;     // any real kernel is larger
+constexpr std::uint64_t kMaxHoleProbes = 4;               // holes inside the image are < 8 MiB
 
 std::uint64_t align_down(std::uint64_t v, std::uint64_t a) { return v & ~(a - 1); }
 
@@ -27,6 +28,34 @@ std::uint64_t read_idt_gate_target(VirtualMemory& memory, int vector) {
     return b(0) | b(1) << 8 | b(6) << 16 | b(7) << 24 | b(8) << 32 | b(9) << 40 | b(10) << 48 | b(11) << 56;
 }
 
+std::optional<KernelPageTables> kernel_page_tables_of_vcpu(Machine& machine, int vcpu, const VcpuRegisters& regs,
+                                                           std::string* why) {
+    std::string reasons;
+    if (!(regs.cr0 & (1ULL << 31)) || !(regs.efer & (1ULL << 10))) {
+        if (why) *why = "vCPU " + std::to_string(vcpu) + " is not in long mode with paging";
+        return std::nullopt;
+    }
+    PagingLevels levels = paging_levels_from_cr4(regs.cr4);
+    const std::uint64_t root = regs.cr3 & 0x000ffffffffff000ULL;
+    std::vector<std::uint64_t> candidates{root};
+    if (root & (1ULL << 12)) candidates.push_back(root & ~(1ULL << 12));  // PTI: the kernel half
+    for (std::uint64_t cr3 : candidates) {
+        KernelMemory memory(machine, cr3, levels);
+        try {
+            KernelImage image = find_kernel_image(memory);
+            // PTI's user copy maps the IDT and the entry trampoline, but
+            // not the kernel image (tens of MiB).
+            if (image.size >= kMinKernelImage) return KernelPageTables{cr3, levels, vcpu, cr3 != root};
+            reasons += "; CR3 " + hex(cr3) + " maps only " + std::to_string(image.size >> 20) + " MiB of kernel";
+        } catch (const Error& e) {
+            if (e.kind() != ErrorKind::Guest) throw;
+            reasons += "; CR3 " + hex(cr3) + ": " + e.what();
+        }
+    }
+    if (why) *why = "vCPU " + std::to_string(vcpu) + reasons;
+    return std::nullopt;
+}
+
 KernelPageTables find_kernel_page_tables(Machine& machine) {
     std::vector<std::pair<int, VcpuRegisters>> vcpus;
     for (int index : machine.vcpus()) vcpus.emplace_back(index, machine.read_registers(index));
@@ -34,28 +63,9 @@ KernelPageTables find_kernel_page_tables(Machine& machine) {
     std::stable_partition(vcpus.begin(), vcpus.end(), [](const auto& v) { return v.second.cpl() == 0; });
     std::string reasons;
     for (const auto& [index, regs] : vcpus) {
-        if (!(regs.cr0 & (1ULL << 31)) || !(regs.efer & (1ULL << 10))) {
-            reasons += "; vCPU " + std::to_string(index) + " is not in long mode with paging";
-            continue;
-        }
-        PagingLevels levels = paging_levels_from_cr4(regs.cr4);
-        const std::uint64_t root = regs.cr3 & 0x000ffffffffff000ULL;
-        for (std::uint64_t cr3 : std::vector<std::uint64_t>{root, root & ~(1ULL << 12)}) {
-            bool user_copy = cr3 != root;
-            if (user_copy && (root & (1ULL << 12)) == 0) break;
-            KernelMemory memory(machine, cr3, levels);
-            try {
-                KernelImage image = find_kernel_image(memory);
-                // PTI's user copy maps the IDT and the entry trampoline, but
-                // not the kernel image (tens of MiB).
-                if (image.size >= kMinKernelImage) return KernelPageTables{cr3, levels, index, user_copy};
-                reasons += "; vCPU " + std::to_string(index) + " CR3 " + hex(cr3) + " maps only " +
-                           std::to_string(image.size >> 20) + " MiB of kernel";
-            } catch (const Error& e) {
-                if (e.kind() != ErrorKind::Guest) throw;
-                reasons += "; vCPU " + std::to_string(index) + " CR3 " + hex(cr3) + ": " + e.what();
-            }
-        }
+        std::string why;
+        if (auto tables = kernel_page_tables_of_vcpu(machine, index, regs, &why)) return *tables;
+        reasons += "; " + why;
     }
     throw Error(ErrorKind::Guest, machine.name() + ": no vCPU's page tables map the kernel" + reasons);
 }
@@ -70,9 +80,31 @@ KernelImage find_kernel_image(KernelMemory& memory) {
     std::uint64_t low = align_down(target, k2MiB);
     if (!memory.is_mapped(GuestVirtAddr{low}))
         throw Error(ErrorKind::Guest, "kernel text at " + hex(low) + " is not mapped");
-    while (low > kStartKernelMap && memory.is_mapped(GuestVirtAddr{low - k2MiB})) low -= k2MiB;
+    // Under PTI the kernel unmaps the freed text/rodata and rodata/data gaps
+    // (free_kernel_image_pages()), so a probe may land in a hole inside the
+    // image: step over up to kMaxHoleProbes unmapped probes and keep the
+    // outermost mapped block.
+    std::uint64_t misses = 0;
+    for (std::uint64_t probe = low; probe > kStartKernelMap && misses < kMaxHoleProbes;) {
+        probe -= k2MiB;
+        if (memory.is_mapped(GuestVirtAddr{probe})) {
+            low = probe;
+            misses = 0;
+        } else {
+            ++misses;
+        }
+    }
     std::uint64_t high = align_down(target, k2MiB) + k2MiB;
-    while (high - kStartKernelMap < kKernelImageMax && memory.is_mapped(GuestVirtAddr{high})) high += k2MiB;
+    misses = 0;
+    for (std::uint64_t probe = high; probe - kStartKernelMap < kKernelImageMax && misses < kMaxHoleProbes;
+         probe += k2MiB) {
+        if (memory.is_mapped(GuestVirtAddr{probe})) {
+            high = probe + k2MiB;
+            misses = 0;
+        } else {
+            ++misses;
+        }
+    }
     image.start = GuestVirtAddr{low};
     image.size = high - low;
     return image;

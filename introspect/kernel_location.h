@@ -10,11 +10,14 @@
 //    5-level paging since 4.15); its gates point at the exception entry code
 //    in kernel text, wherever KASLR put it.
 // 3. The image. The kernel's high mapping (__START_KERNEL_map) keeps only
-//    _text.._end mapped (cleanup_highmap()), so the run of mapped 2 MiB
-//    blocks around the IDT's target is the kernel image.
+//    _text.._end mapped (cleanup_highmap()), so the mapped 2 MiB blocks
+//    around the IDT's target are the kernel image. Under PTI the freed gaps
+//    between text, rodata and data are unmapped too, so small holes inside
+//    the image are stepped over.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "hvpatch/address.h"
@@ -40,6 +43,12 @@ struct KernelPageTables {
 // mode first). Throws Error(Guest) when no vCPU's tables map the IDT and the
 // kernel text it points to (e.g. the guest is still in firmware or real mode).
 KernelPageTables find_kernel_page_tables(Machine& machine);
+
+// The kernel page tables as seen from one vCPU (its CR3, or under PTI the
+// kernel half of its PGD pair). nullopt with `why` set when that vCPU's
+// tables do not map the kernel (firmware, real mode, garbage CR3).
+std::optional<KernelPageTables> kernel_page_tables_of_vcpu(Machine& machine, int vcpu, const VcpuRegisters& regs,
+                                                           std::string* why);
 
 struct KernelImage {
     GuestVirtAddr idt_target;  // divide-error entry point (asm_exc_divide_error)
