@@ -514,7 +514,18 @@ public:
             full_regs_ = true;
             signal_ = true;
             kind_ = FrameKind::Vcpu;
-            if (!get_stack_info(sp_, "the vCPU's stack pointer")) return failed();
+            if (!get_stack_info(sp_, "the vCPU's stack pointer")) {
+                // The vCPU's RIP is known for certain even when its stack
+                // pointer is not on a kernel stack (e.g. the first
+                // instructions of the syscall entry, still on the user
+                // stack): report it as the one frame of an unreliable walk.
+                StackFrame f;
+                f.ip = GuestVirtAddr{ip_};
+                f.sp = sp_;
+                f.kind = FrameKind::Vcpu;
+                result_.frames.push_back(std::move(f));
+                return failed();
+            }
         } else {
             if (s_.task_on_cpu)
                 return failed("the task is on a CPU (task->on_cpu): running or mid context switch; "
@@ -539,7 +550,10 @@ public:
             }
             if (result_.frames.size() >= c_.max_frames)
                 return failed("more than " + std::to_string(c_.max_frames) + " frames");
-            if (!check_frame_ip()) return failed();
+            bool ip_ok = check_frame_ip();
+            // A walk from a vCPU always shows where the vCPU was, even if
+            // that address is not kernel text with ORC data.
+            if (!ip_ok && !(kind_ == FrameKind::Vcpu && result_.frames.empty())) return failed();
             StackFrame f;
             f.ip = GuestVirtAddr{ip_};
             f.sp = sp_;
@@ -551,6 +565,7 @@ public:
             f.interrupt_frame = kind_ == FrameKind::Regs || kind_ == FrameKind::PartialRegs;
             f.recovered = recovered_;
             result_.frames.push_back(std::move(f));
+            if (!ip_ok) return failed();
 
             switch (next_frame()) {
                 case Step::Next: break;

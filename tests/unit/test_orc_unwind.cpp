@@ -465,7 +465,19 @@ TEST_P(OrcUnwind, VcpuStackPointerOutsideAnyStack) {
     UnwindResult r = vcpu(kLeaf, 0xffff888012345678ull);
     EXPECT_FALSE(r.reliable);
     EXPECT_NE(r.reason.find("0xffff888012345678"), std::string::npos) << r.reason;
-    EXPECT_TRUE(r.frames.empty());
+    // Where the vCPU was is still reported: one frame, its RIP.
+    ASSERT_EQ(r.frames.size(), 1u);
+    EXPECT_EQ(r.frames[0].ip.value, kLeaf);
+    EXPECT_EQ(r.frames[0].kind, FrameKind::Vcpu);
+}
+
+TEST_P(OrcUnwind, VcpuRipWithoutOrcDataIsStillTheFirstFrame) {
+    std::uint64_t nowhere = 0xffffffffc0ffee00ull;  // no ORC source covers it
+    UnwindResult r = vcpu(nowhere, kTaskTop - 0x100);
+    EXPECT_FALSE(r.reliable);
+    ASSERT_EQ(r.frames.size(), 1u) << r.reason;
+    EXPECT_EQ(r.frames[0].ip.value, nowhere);
+    EXPECT_EQ(r.frames[0].kind, FrameKind::Vcpu);
 }
 
 TEST_P(OrcUnwind, TaskOnCpuIsNotWalkedAsSleeping) {
