@@ -11,6 +11,8 @@
 #include "hvpatch/error.h"
 #include "hvpatch/machine.h"
 #include "introspect/page_walk.h"
+#include "introspect/task_stacks.h"
+#include "introspect/tasks.h"
 #include "vmm/interrupt.h"
 #include "vmm/launcher.h"
 
@@ -61,6 +63,30 @@ void wait_for_ready(LaunchedVm& vm, bool json) {
     progress(json, "guest up in " + milliseconds(took));
 }
 
+// One more freeze: every task's kernel stack, unwound from guest memory with
+// the guest's own ORC tables; print the workloads' stacks and a summary.
+void show_stacks(Machine& machine) {
+    PauseGuard pause(machine);
+    auto kernel = GuestKernel::open(machine);
+    std::vector<GuestTask> tasks = list_tasks(*kernel);
+    StackWalker walker(*kernel);
+    std::size_t reliable = 0;
+    std::string shown;
+    for (const auto& task : tasks) {
+        TaskStack stack = walker.unwind(task);
+        reliable += stack.unwind.reliable;
+        bool workload = task.name == "sleep" || task.name == "cpu-loop" || task.name == "syscall-loop";
+        if (!workload || shown.find(task.name + " ") != std::string::npos) continue;
+        shown += "\n" + task.name + " (pid " + std::to_string(task.pid) + ", " + task.state_letter +
+                 (stack.vcpu ? ", running on vCPU " + std::to_string(*stack.vcpu) : std::string()) + "): " +
+                 (stack.unwind.reliable ? "reliable" : "UNRELIABLE") + " — " + stack.unwind.reason + "\n";
+        for (const auto& f : stack.frames) shown += "    " + f.describe() + (f.scheduler ? " (sched)" : "") + "\n";
+    }
+    auto paused = pause.paused_for();
+    std::printf("\nAt a second freeze (%s): %zu tasks, %zu kernel stacks unwound reliably. The workloads:\n%s",
+                milliseconds(paused).c_str(), tasks.size(), reliable, shown.c_str());
+}
+
 void run_demo(const DemoOptions& opt) {
     std::string dir = find_guest_dir(opt);
     LaunchOptions launch = guest_launch_options(dir);
@@ -75,23 +101,7 @@ void run_demo(const DemoOptions& opt) {
     {
         auto machine = open_machine(target);
         inspect_machine(*machine, opt.json);
-        if (!opt.json) {
-            // Show a page-table walk at work: the code a vCPU in kernel mode
-            // was running when the VM was frozen.
-            PauseGuard pause(*machine);
-            for (int index : machine->vcpus()) {
-                VcpuRegisters regs = machine->read_registers(index);
-                if (regs.cpl() != 0) continue;
-                PageWalker walker(*machine, regs.cr3, paging_levels_from_cr4(regs.cr4));
-                std::vector<std::byte> code(32);
-                walker.read_virtual(GuestVirtAddr{regs.rip}, code);
-                std::printf("\nAt a second freeze vCPU %d was in the kernel at %s (physical %s):\n", index,
-                            hex(regs.rip).c_str(),
-                            hex(walker.translate(GuestVirtAddr{regs.rip}).value).c_str());
-                std::fputs(hex_dump(regs.rip, code.data(), code.size()).c_str(), stdout);
-                break;
-            }
-        }
+        if (!opt.json) show_stacks(*machine);
     }
     progress(opt.json, "stopping the guest");
     vm->stop();
