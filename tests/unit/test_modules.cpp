@@ -4,6 +4,8 @@
 // made-up offsets handed in through GuestLayouts, in a fake guest memory.
 #include <gtest/gtest.h>
 
+#include "region_memory.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -19,40 +21,7 @@
 namespace hvpatch {
 namespace {
 
-// Guest-virtual memory made of mapped regions; anything else throws
-// Error(Guest) like the real reader.
-class ModMemory : public VirtualMemory {
-public:
-    void map(std::uint64_t base, std::size_t size) { regions_[base].assign(size, std::byte{0}); }
-    void read(GuestVirtAddr addr, std::span<std::byte> out) override {
-        ++reads;
-        std::byte* p = locate(addr.value, out.size());
-        if (!p) throw Error(ErrorKind::Guest, "virtual " + hex(addr.value) + " is not mapped");
-        std::memcpy(out.data(), p, out.size());
-    }
-    void write(std::uint64_t addr, const void* data, std::size_t n) {
-        std::byte* p = locate(addr, n);
-        if (!p) throw std::runtime_error("ModMemory: write outside the map at " + hex(addr));
-        std::memcpy(p, data, n);
-    }
-    template <typename T>
-    void put(std::uint64_t addr, T v) {
-        write(addr, &v, sizeof v);
-    }
-    void put_string(std::uint64_t addr, const std::string& s) { write(addr, s.c_str(), s.size() + 1); }
-    int reads = 0;
-
-private:
-    std::byte* locate(std::uint64_t addr, std::size_t n) {
-        auto it = regions_.upper_bound(addr);
-        if (it == regions_.begin()) return nullptr;
-        --it;
-        std::uint64_t off = addr - it->first;
-        if (off > it->second.size() || n > it->second.size() - off) return nullptr;
-        return it->second.data() + off;
-    }
-    std::map<std::uint64_t, std::vector<std::byte>> regions_;
-};
+using ModMemory = test::RegionMemory;
 
 // Offsets are made up (not 6.1's): nothing may depend on the real ones.
 GuestLayouts synthetic_layouts(bool with_typetab = true) {

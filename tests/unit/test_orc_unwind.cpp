@@ -4,6 +4,8 @@
 // memory. Every scenario is run with each of the three entry formats.
 #include <gtest/gtest.h>
 
+#include "region_memory.h"
+
 #include <algorithm>
 #include <cstring>
 #include <map>
@@ -19,37 +21,7 @@ namespace {
 namespace k61 = x86_64_6_1;
 using Type = OrcEntry::Type;
 
-// Guest-virtual memory made of mapped regions; anything else throws
-// Error(Guest) like the real reader.
-class FakeMemory : public VirtualMemory {
-public:
-    void map(std::uint64_t base, std::size_t size) { regions_[base].assign(size, std::byte{0}); }
-    void read(GuestVirtAddr addr, std::span<std::byte> out) override {
-        ++reads;
-        std::byte* p = locate(addr.value, out.size());
-        if (!p) throw Error(ErrorKind::Guest, "virtual " + hex(addr.value) + " is not mapped");
-        std::memcpy(out.data(), p, out.size());
-    }
-    void write(std::uint64_t addr, const void* data, std::size_t n) {
-        std::byte* p = locate(addr, n);
-        if (!p) throw std::runtime_error("FakeMemory: write outside the map at " + hex(addr));
-        std::memcpy(p, data, n);
-    }
-    void write64(std::uint64_t addr, std::uint64_t v) { write(addr, &v, 8); }
-    void write32(std::uint64_t addr, std::uint32_t v) { write(addr, &v, 4); }
-    int reads = 0;
-
-private:
-    std::byte* locate(std::uint64_t addr, std::size_t n) {
-        auto it = regions_.upper_bound(addr);
-        if (it == regions_.begin()) return nullptr;
-        --it;
-        std::uint64_t off = addr - it->first;
-        if (off > it->second.size() || n > it->second.size() - off) return nullptr;
-        return it->second.data() + off;
-    }
-    std::map<std::uint64_t, std::vector<std::byte>> regions_;
-};
+using FakeMemory = test::RegionMemory;
 
 OrcEntry call(std::int16_t sp_offset, std::uint8_t sp_reg = orc_reg::kSp, std::uint8_t bp_reg = orc_reg::kUndefined,
               std::int16_t bp_offset = 0) {

@@ -1,6 +1,8 @@
 // Task-list walking and task state letters on synthetic memory.
 #include <gtest/gtest.h>
 
+#include "region_memory.h"
+
 #include <chrono>
 #include <cstring>
 #include <map>
@@ -13,19 +15,13 @@
 namespace hvpatch {
 namespace {
 
-// Sparse guest memory: 8-byte words at chosen addresses; anything else is
-// unmapped.
-class WordMemory : public VirtualMemory {
+// Sparse guest memory: one mapped 8-byte word per list node.
+class WordMemory : public test::RegionMemory {
 public:
-    void set(std::uint64_t addr, std::uint64_t value) { words_[addr] = value; }
-    void read(GuestVirtAddr addr, std::span<std::byte> out) override {
-        if (out.size() != 8 || !words_.count(addr.value))
-            throw Error(ErrorKind::Guest, "unmapped " + hex(addr.value));
-        std::memcpy(out.data(), &words_[addr.value], 8);
+    void set(std::uint64_t addr, std::uint64_t value) {
+        map(addr, 8);
+        write64(addr, value);
     }
-
-private:
-    std::map<std::uint64_t, std::uint64_t> words_;
 };
 
 constexpr std::uint64_t kHead = 0xffffffff82000000ULL;
