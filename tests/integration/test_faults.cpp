@@ -612,6 +612,24 @@ TEST(GdbstubOwnership, OwnStubIsRemoved) {
     EXPECT_TRUE(vm.chardev("gdb").has_value()) << reply << "\n" << vm.chardevs();
 }
 
+TEST(GdbstubOwnership, StubLeftByAKilledHvpatchIsAdoptedAndRemoved) {
+    // What an hvpatch killed with SIGKILL leaves behind: its private stub
+    // (idle once its connection died) and the directory of the socket.
+    BareQemu vm({.start_paused = false});
+    char tmpl[] = "/tmp/hvpatch-gdb.XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    std::string dir = tmpl;
+    std::string reply = vm.hmp("gdbserver unix:" + dir + "/gdb.sock,server=on,wait=off");
+    ASSERT_TRUE(vm.chardev("gdb").has_value()) << reply;
+
+    auto r = hvpatch({"inspect", vm.target()});
+    EXPECT_EQ(r.exit_code, 0) << r.describe();
+    EXPECT_FALSE(vm.chardev("gdb").has_value()) << "the leftover stub is removed: " << vm.chardevs();
+    EXPECT_FALSE(std::filesystem::exists(dir)) << "and its directory";
+    EXPECT_TRUE(vm.running()) << vm.status();
+    std::filesystem::remove_all(dir);
+}
+
 // === 7. Addresses with no memory behind them ================================
 
 TEST(BadAddress, PhysicalPastTheEndOfRam) {

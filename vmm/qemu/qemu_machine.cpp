@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <vector>
 
 #include "hvpatch/error.h"
 #include "vmm/interrupt.h"
@@ -14,6 +15,8 @@ namespace hvpatch {
 namespace {
 
 constexpr std::chrono::milliseconds kGdbConnectTimeout{3000};
+// hvpatch's private gdbstub sockets live in directories named like this.
+constexpr const char* kPrivateDirPrefix = "/tmp/hvpatch-gdb.";
 // QEMU sends its stop reply within milliseconds of the connect; when the VM
 // was already stopped it sends none, so this only bounds the wait.
 constexpr std::chrono::milliseconds kGdbGreetingWait{300};
@@ -169,11 +172,23 @@ void QemuMachine::attach_gdb() {
         throw Error(ErrorKind::Busy, name_ + ": QEMU's gdbstub (" + existing +
                                          ") is held by another client; hvpatch needs it — detach that debugger first");
     if (!existing.empty()) {
-        socket = connect_chardev_address(existing.substr(disconnected.size()), name_);
+        std::string address = existing.substr(disconnected.size());
+        socket = connect_chardev_address(address, name_);
+        // A stub on hvpatch's own private socket was left by an hvpatch that
+        // was killed (SIGKILL) before it could remove it: adopt it, so that
+        // it is removed at the end like one started now.
+        const std::string own_prefix = "unix:" + std::string(kPrivateDirPrefix);
+        if (address.rfind(own_prefix, 0) == 0) {
+            own_gdbserver_ = true;
+            std::string path = address.substr(5, address.find(',') - 5);
+            private_dir_ = path.substr(0, path.rfind('/'));
+        }
     } else {
-        char tmpl[] = "/tmp/hvpatch-gdb.XXXXXX";
-        if (!mkdtemp(tmpl)) throw Error(ErrorKind::Internal, "cannot create a private directory for the gdbstub");
-        private_dir_ = tmpl;
+        std::string tmpl_text = std::string(kPrivateDirPrefix) + "XXXXXX";
+        std::vector<char> tmpl(tmpl_text.begin(), tmpl_text.end());
+        tmpl.push_back('\0');
+        if (!mkdtemp(tmpl.data())) throw Error(ErrorKind::Internal, "cannot create a private directory for the gdbstub");
+        private_dir_ = tmpl.data();
         std::string path = private_dir_ + "/gdb.sock";
         std::string reply = qmp_.hmp("gdbserver unix:" + path + ",server=on,wait=off");
         if (reply.find("Waiting for gdb") == std::string::npos && reply.find("gdbserver on") == std::string::npos &&
