@@ -71,6 +71,7 @@ namespace hvpatch {
 namespace {
 
 constexpr std::size_t kNameMax = 512;             // type letter + name (KSYM_NAME_LEN in 6.1)
+constexpr std::size_t kTokenSlot = 32;            // tokens up to this long are copied in one fixed-size move
 constexpr std::uint64_t kMaxCompressedLen = 0x3fff;  // two-byte ULEB128 maximum
 constexpr std::uint64_t kTokenTableMax = 0x10000 + kNameMax + 1;  // u16 offsets + the last token
 constexpr std::uint64_t kTokenIndexSize = 256 * 2;
@@ -189,6 +190,28 @@ std::string_view sort_key(const std::string& name) {
     std::string_view v = name;
     std::size_t llvm = v.find(".llvm.");
     return llvm == std::string_view::npos ? v : v.substr(0, llvm);
+}
+
+// Indices into `symbols` (in kallsyms order, so by address) ordered by
+// name, then address, then index: as symbols are in address order, that is
+// by name, then index (a total order, so any sort gives the same result).
+std::vector<std::uint32_t> sorted_by_name(const std::vector<KernelSymbol>& symbols) {
+    struct Key {
+        std::string_view name;
+        std::uint32_t index;
+        bool operator<(const Key& o) const {
+            int c = name.compare(o.name);
+            return c != 0 ? c < 0 : index < o.index;
+        }
+    };
+    std::vector<Key> keys;
+    keys.reserve(symbols.size());
+    for (std::size_t i = 0; i < symbols.size(); ++i) keys.push_back({symbols[i].name, static_cast<std::uint32_t>(i)});
+    std::sort(keys.begin(), keys.end());
+    std::vector<std::uint32_t> out;
+    out.reserve(keys.size());
+    for (const Key& k : keys) out.push_back(k.index);
+    return out;
 }
 
 // What locate() concluded about one candidate, for the final error.
@@ -448,6 +471,16 @@ KallsymsTable KallsymsTable::decode(VirtualMemory& memory, const KallsymsLayout&
     std::vector<std::byte> names = read_table(memory, layout.names, layout.markers.value - names_addr, "kallsyms_names");
     std::span<const std::byte> nb(names);
     result.symbols_.resize(n);
+    // One symbol's expansion (type letter + name), with room for a whole
+    // token slot past kNameMax.
+    std::array<char, kNameMax + kTokenSlot> name_buffer;
+    // The tokens again, each short one in a fixed-size slot.
+    std::array<std::array<char, kTokenSlot>, 256> token_slot{};
+    std::array<std::uint16_t, 256> token_size;
+    for (std::size_t c = 0; c < 256; ++c) {
+        token_size[c] = static_cast<std::uint16_t>(tokens.text[c].size());
+        std::memcpy(token_slot[c].data(), tokens.text[c].data(), std::min(tokens.text[c].size(), kTokenSlot));
+    }
     std::uint64_t off = 0;
     std::uint64_t big = 0;
     for (std::uint64_t i = 0; i < n; ++i) {
@@ -478,20 +511,26 @@ KallsymsTable KallsymsTable::decode(VirtualMemory& memory, const KallsymsLayout&
                     "symbol " + std::to_string(i) + " has length " + hex_short(len) + ", above the two-byte maximum " +
                         hex_short(kMaxCompressedLen));
         if (len > nb.size() - off - header) past_end("(" + std::to_string(len) + " code bytes) runs past");
-        std::string expanded;
+        std::size_t expanded = 0;
         for (std::uint64_t k = 0; k < len; ++k) {
-            const std::string& token = tokens.text[byte_at(nb, off + header + k)];
-            if (expanded.size() + token.size() > kNameMax)
+            const std::uint8_t code = byte_at(nb, off + header + k);
+            const std::size_t size = token_size[code];
+            if (expanded + size > kNameMax)
                 corrupt("kallsyms_names", at,
                         "symbol " + std::to_string(i) + " expands to more than " + std::to_string(kNameMax) +
                             " characters");
-            expanded += token;
+            // A fixed-size copy for short tokens (the buffer has the slack).
+            if (size <= kTokenSlot)
+                std::memcpy(name_buffer.data() + expanded, token_slot[code].data(), kTokenSlot);
+            else
+                std::memcpy(name_buffer.data() + expanded, tokens.text[code].data(), size);
+            expanded += size;
         }
-        if (expanded.empty())
+        if (expanded == 0)
             corrupt("kallsyms_names", at, "symbol " + std::to_string(i) + " expands to nothing (no type letter)");
         KernelSymbol& sym = result.symbols_[i];
-        sym.type = expanded[0];
-        sym.name = expanded.substr(1);
+        sym.type = name_buffer[0];
+        sym.name.assign(name_buffer.data() + 1, expanded - 1);
         off += header + len;
     }
     if (align8(names_addr + off) != layout.markers.value)
@@ -539,10 +578,18 @@ KallsymsTable KallsymsTable::decode(VirtualMemory& memory, const KallsymsLayout&
     if (first_relative)
         corrupt("kallsyms_offsets", layout.offsets.value, "every symbol is absolute; no kernel symbol at all");
 
-    // seqs_of_names: a permutation, in name order.
+    // seqs_of_names: a permutation, in name order (kept: it is most of the
+    // work of the by-name index).
+    // It is the by-name index itself when it also orders equal names by
+    // address (scripts/kallsyms.c does) and has no ".llvm." suffixes that
+    // sort differently.
+    std::vector<std::uint32_t> seqs_order;
+    bool seqs_by_name = false;
     if (layout.seqs_of_names.value != 0) {
+        seqs_by_name = true;
         std::vector<std::byte> seqs = read_table(memory, layout.seqs_of_names, 3 * n, "kallsyms_seqs_of_names");
         std::vector<bool> seen(n);
+        seqs_order.reserve(n);
         std::uint64_t previous = 0;
         for (std::uint64_t i = 0; i < n; ++i) {
             std::uint64_t seq = (std::uint64_t{byte_at(seqs, 3 * i)} << 16) |
@@ -557,7 +604,12 @@ KallsymsTable KallsymsTable::decode(VirtualMemory& memory, const KallsymsLayout&
                 corrupt("kallsyms_seqs_of_names", at,
                         "entry " + std::to_string(i) + " ('" + result.symbols_[seq].name + "') sorts before entry " +
                             std::to_string(i - 1) + " ('" + result.symbols_[previous].name + "')");
+            if (i > 0 && seqs_by_name) {
+                const int c = result.symbols_[previous].name.compare(result.symbols_[seq].name);
+                seqs_by_name = c < 0 || (c == 0 && previous < seq);
+            }
             previous = seq;
+            seqs_order.push_back(static_cast<std::uint32_t>(seq));
         }
     }
 
@@ -569,23 +621,15 @@ KallsymsTable KallsymsTable::decode(VirtualMemory& memory, const KallsymsLayout&
                     (big ? ", " + std::to_string(big) + " two-byte lengths (6.1+)" : "") +
                     (layout.seqs_of_names.value ? ", seqs_of_names (6.2+/6.1.y)" : "");
 
-    // Indices.
-    result.by_address_.resize(n);
-    for (std::size_t i = 0; i < n; ++i) result.by_address_[i] = i;
-    result.by_name_ = result.by_address_;
-    const auto& syms = result.symbols_;
-    std::stable_sort(result.by_address_.begin(), result.by_address_.end(),
-                     [&](std::size_t a, std::size_t b) { return syms[a].address < syms[b].address; });
-    std::stable_sort(result.by_name_.begin(), result.by_name_.end(), [&](std::size_t a, std::size_t b) {
-        if (syms[a].name != syms[b].name) return syms[a].name < syms[b].name;
-        return syms[a].address < syms[b].address;
-    });
+    // The by-address index is kallsyms order itself (checked non-decreasing
+    // above); the by-name one is usually seqs_of_names.
+    result.by_name_ = seqs_by_name ? std::move(seqs_order) : sorted_by_name(result.symbols_);
     return result;
 }
 
 std::vector<KernelSymbol> KallsymsTable::find_all(std::string_view name) const {
     auto lower = std::partition_point(by_name_.begin(), by_name_.end(),
-                                      [&](std::size_t i) { return std::string_view(symbols_[i].name) < name; });
+                                      [&](std::uint32_t i) { return std::string_view(symbols_[i].name) < name; });
     std::vector<KernelSymbol> out;
     for (auto it = lower; it != by_name_.end() && symbols_[*it].name == name; ++it) out.push_back(symbols_[*it]);
     return out;
@@ -621,20 +665,20 @@ KernelSymbol KallsymsTable::require(std::string_view name, unsigned sympos) cons
 }
 
 std::optional<KallsymsTable::Resolved> KallsymsTable::resolve(GuestVirtAddr addr) const {
-    if (by_address_.empty() || addr.value < layout_.relative_base) return std::nullopt;
-    if (addr > symbols_[by_address_.back()].address) return std::nullopt;
-    auto address_of = [&](std::size_t i) { return symbols_[i].address; };
-    auto above = std::partition_point(by_address_.begin(), by_address_.end(),
-                                      [&](std::size_t i) { return address_of(i) <= addr; });
-    if (above == by_address_.begin()) return std::nullopt;
-    const GuestVirtAddr start = address_of(*(above - 1));
+    // symbols_ is in kallsyms order, which decode() checked is by address.
+    if (symbols_.empty() || addr.value < layout_.relative_base) return std::nullopt;
+    if (addr > symbols_.back().address) return std::nullopt;
+    auto above = std::partition_point(symbols_.begin(), symbols_.end(),
+                                      [&](const KernelSymbol& s) { return s.address <= addr; });
+    if (above == symbols_.begin()) return std::nullopt;
+    const GuestVirtAddr start = (above - 1)->address;
     // The first of several symbols at that address, in kallsyms order.
-    auto first = std::partition_point(by_address_.begin(), above,
-                                      [&](std::size_t i) { return address_of(i) < start; });
+    auto first = std::partition_point(symbols_.begin(), above,
+                                      [&](const KernelSymbol& s) { return s.address < start; });
     Resolved r;
-    r.symbol = symbols_[*first];
+    r.symbol = *first;
     r.offset = addr.value - start.value;
-    r.size = above == by_address_.end() ? 0 : address_of(*above).value - start.value;
+    r.size = above == symbols_.end() ? 0 : above->address.value - start.value;
     return r;
 }
 

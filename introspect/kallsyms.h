@@ -87,9 +87,8 @@ public:
 
 private:
     KallsymsLayout layout_;
-    std::vector<KernelSymbol> symbols_;
-    std::vector<std::size_t> by_address_;  // indices into symbols_, sorted by address
-    std::vector<std::size_t> by_name_;     // indices into symbols_, sorted by name then address
+    std::vector<KernelSymbol> symbols_;     // kallsyms order, which is by address (checked)
+    std::vector<std::uint32_t> by_name_;    // indices into symbols_, sorted by name then address
 };
 
 }  // namespace hvpatch
