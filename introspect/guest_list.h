@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -23,5 +24,9 @@ namespace hvpatch {
 // more than `limit` entries.
 std::vector<std::uint64_t> walk_list(VirtualMemory& memory, std::uint64_t head, std::uint64_t node_offset,
                                      std::size_t limit, const std::string& what);
+// The same, with `what` built only when the walk fails (for walks done once
+// per task, where the message would cost more than the walk).
+std::vector<std::uint64_t> walk_list(VirtualMemory& memory, std::uint64_t head, std::uint64_t node_offset,
+                                     std::size_t limit, const std::function<std::string()>& what);
 
 }  // namespace hvpatch

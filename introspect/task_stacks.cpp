@@ -103,6 +103,23 @@ StackWalker::StackWalker(GuestKernel& kernel) : kernel_(kernel) {
         cpus_.push_back(s);
     }
 
+    context_.memory = &kernel.memory();
+    context_.orc = orc_.get();
+    context_.layouts = layouts_;
+    // The same lookup as x86_64_6_1::stack_lookup(), over areas_.
+    context_.stack_of = [this](std::uint64_t addr) -> std::optional<StackArea> {
+        for (const StackArea& a : areas_)
+            if (a.contains(addr)) return a;
+        return std::nullopt;
+    };
+    context_.ret_from_fork = ret_from_fork_;
+    context_.return_trampolines = return_trampolines_;
+    context_.is_kernel_text = [this](std::uint64_t ip) {
+        for (auto [begin, end] : text_ranges_)
+            if (ip >= begin && ip < end) return true;
+        return false;
+    };
+
     Machine& machine = kernel.machine();
     for (int vcpu : machine.vcpus()) {
         VcpuRegisters regs = machine.read_registers(vcpu);
@@ -146,10 +163,10 @@ ResolvedFrame StackWalker::resolve(const StackFrame& frame) {
                                                        ? modules_->resolve(lookup)
                                                        : kernel_.symbols().resolve(GuestVirtAddr{lookup});
     if (auto& res = found) {
-        r.symbol = res->symbol.name;
+        r.symbol = std::move(res->symbol.name);
         r.offset = ip - res->symbol.address.value;
         r.size = res->size;
-        r.module = res->symbol.module;
+        r.module = std::move(res->symbol.module);
     }
     r.scheduler = (ip >= sched_begin_ && ip < sched_end_) || (ip >= lock_begin_ && ip < lock_end_);
     return r;
@@ -183,19 +200,9 @@ TaskStack StackWalker::unwind(const GuestTask& task) {
         start.sp = task.saved_sp;
         start.task_on_cpu = task.on_cpu;
     }
-    UnwindContext context;
-    context.memory = &kernel_.memory();
-    context.orc = orc_.get();
-    context.layouts = layouts_;
-    context.stack_of = x86_64_6_1::stack_lookup(areas_for(task, cpu));
-    context.ret_from_fork = ret_from_fork_;
-    context.return_trampolines = return_trampolines_;
-    context.is_kernel_text = [this](std::uint64_t ip) {
-        for (auto [begin, end] : text_ranges_)
-            if (ip >= begin && ip < end) return true;
-        return false;
-    };
-    out.unwind = unwind_stack(context, start);
+    areas_ = areas_for(task, cpu);
+    out.unwind = unwind_stack(context_, start);
+    out.frames.reserve(out.unwind.frames.size());
     for (const auto& f : out.unwind.frames) out.frames.push_back(resolve(f));
     return out;
 }

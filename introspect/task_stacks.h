@@ -65,6 +65,9 @@ private:
     std::vector<CpuStacks> cpus_;
     std::vector<std::pair<int, int>> vcpu_to_cpu_;  // (vCPU, CPU)
     std::vector<VcpuRegisters> vcpu_regs_;
+    // Built once; unwind() only points the stack lookup at the task's areas.
+    UnwindContext context_;
+    std::vector<StackArea> areas_;  // the stacks of the task being unwound
 };
 
 }  // namespace hvpatch

@@ -128,7 +128,7 @@ std::vector<GuestTask> list_tasks(GuestKernel& kernel, const TaskListOptions& op
             threads.push_back(leader);  // a dead task whose signal_struct is gone
         } else {
             threads = walk_list(memory, signal + layouts.signal.thread_head.offset, layouts.task.thread_node.offset,
-                                options.max_tasks, "thread group of task " + hex(leader));
+                                options.max_tasks, [leader] { return "thread group of task " + hex(leader); });
             if (threads.empty()) threads.push_back(leader);
         }
         for (std::uint64_t thread : threads) {
