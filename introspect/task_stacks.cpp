@@ -125,10 +125,19 @@ StackWalker::StackWalker(GuestKernel& kernel) : kernel_(kernel) {
         VcpuRegisters regs = machine.read_registers(vcpu);
         vcpu_regs_.push_back(regs);
         // In the kernel GS holds the per-CPU base; in user mode it sits in
-        // KERNEL_GS_BASE until the next swapgs.
-        std::uint64_t base = regs.cpl() == 0 ? regs.gs_base : regs.kernel_gs_base;
-        for (int cpu = 0; cpu < kernel.info().nr_cpu_ids; ++cpu)
-            if (kernel.per_cpu_offset(cpu) == base) vcpu_to_cpu_.emplace_back(vcpu, cpu);
+        // KERNEL_GS_BASE until the next swapgs. A vCPU frozen in the entry
+        // code between the switch to CPL 0 and swapgs (or the reverse on
+        // exit) has it in KERNEL_GS_BASE while in kernel mode, so look at
+        // the expected register first and at the other one second.
+        std::uint64_t first = regs.cpl() == 0 ? regs.gs_base : regs.kernel_gs_base;
+        std::uint64_t second = regs.cpl() == 0 ? regs.kernel_gs_base : regs.gs_base;
+        std::optional<int> found;
+        for (std::uint64_t base : {first, second}) {
+            for (int cpu = 0; cpu < kernel.info().nr_cpu_ids && !found; ++cpu)
+                if (base != 0 && kernel.per_cpu_offset(cpu) == base) found = cpu;
+            if (found) break;
+        }
+        if (found) vcpu_to_cpu_.emplace_back(vcpu, *found);
     }
 }
 

@@ -154,10 +154,12 @@ TYPED_TEST(OraclesTest, PsEqualsProcForTasksStableAcrossTheFreeze) {
         if (b.second.rfind("kworker/", 0) == 0) continue;    // names carry their latest work item
         if (b.second == "cmd-loop") continue;
         ASSERT_TRUE(ours.count(tid)) << "task " << tid << " (" << b.second << ") missing from hvpatch ps";
-        // Equal before and after does not rule out a brief wake-up in
-        // between (a timer-driven kthread): at most a couple of tasks may
-        // be caught runnable at the freeze; any other difference fails.
-        if (ours[tid]["state"] == "R" && b.first != 'R') {
+        // Equal before and after does not rule out a brief change in
+        // between (a timer-driven kthread waking, a busy task sleeping for a
+        // moment): at most a few tasks may be caught running/runnable on
+        // one side and asleep on the other; any other difference (S vs D,
+        // S vs I, ...) fails.
+        if (ours[tid]["state"] != std::string(1, b.first) && (ours[tid]["state"] == "R" || b.first == 'R')) {
             ++woken;
             continue;
         }
@@ -166,7 +168,7 @@ TYPED_TEST(OraclesTest, PsEqualsProcForTasksStableAcrossTheFreeze) {
         ++compared;
     }
     EXPECT_GE(compared, 30);
-    EXPECT_LE(woken, 2) << "tasks seen runnable at the freeze but asleep before and after";
+    EXPECT_LE(woken, 3) << "tasks caught between running and sleeping at the freeze";
     // And nothing the guest had both times is missing.
     for (const auto& [tid, b] : before) {
         if (!after.count(tid)) continue;
@@ -181,6 +183,7 @@ TYPED_TEST(OraclesTest, StacksEqualProcStackWithoutSchedulerFrames) {
     ASSERT_EQ(r.exit_code, 0) << r.err;
     nlohmann::json doc = nlohmann::json::parse(r.out);
     int compared = 0, unreliable = 0;
+    std::vector<std::string> moved;
     for (const auto& s : doc["stacks"]) {
         int pid = s["pid"].get<int>();
         if (!s["reliable"].get<bool>()) {
@@ -201,11 +204,22 @@ TYPED_TEST(OraclesTest, StacksEqualProcStackWithoutSchedulerFrames) {
             }
             ours.push_back(f["text"].get<std::string>());
         }
-        EXPECT_EQ(ours, b->second) << "pid " << pid << " " << s["name"];
         EXPECT_TRUE(saw_scheduler) << "a sleeping task's stack shows the scheduler frames /proc omits";
+        // A task may leave its wait and come back to it between the two
+        // oracles (the syscall loop's shell waits for a new child each
+        // iteration): tolerate one such task, report it, fail on more.
+        if (ours != b->second) {
+            std::string diff = "pid " + std::to_string(pid) + " " + s["name"].get<std::string>() + ": hvpatch";
+            for (const auto& f : ours) diff += " " + f;
+            diff += " | /proc";
+            for (const auto& f : b->second) diff += " " + f;
+            moved.push_back(diff);
+            continue;
+        }
         ++compared;
     }
     EXPECT_GE(compared, 20);
+    EXPECT_LE(moved.size(), 1u) << ::testing::PrintToString(moved);
     EXPECT_LE(unreliable, 3) << r.out.substr(0, 4000);
 }
 
