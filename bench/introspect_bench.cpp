@@ -35,6 +35,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_args.h"
 #include "hvpatch/error.h"
 #include "hvpatch/machine.h"
 #include "introspect/guest_kernel.h"
@@ -554,25 +555,13 @@ void print_table(const Results& a, const PhaseInfo& ia, const Results& b, const 
                 static_cast<unsigned long long>(ia.image_bytes >> 20), ia.modules);
 }
 
-int usage() {
-    std::fprintf(stderr, "usage: introspect_bench [--reps N]   (N >= 1, default 10)\n");
-    return 2;
-}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    int reps = 10;
-    for (int i = 1; i < argc; ++i) {
-        if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
-            char* end = nullptr;
-            long v = std::strtol(argv[++i], &end, 10);
-            if (*end != '\0' || v < 1 || v > 1000) return usage();
-            reps = static_cast<int>(v);
-        } else {
-            return usage();
-        }
-    }
+    std::optional<int> parsed = bench::parse_reps(argc, argv, 10, "introspect_bench");
+    if (!parsed) return 2;
+    const int reps = *parsed;
     try {
         test::TestGuestOptions options;
         options.shared_ram = true;

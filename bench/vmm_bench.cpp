@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_args.h"
 #include "hvpatch/error.h"
 #include "hvpatch/machine.h"
 #include "support/test_guest.h"
@@ -196,25 +197,13 @@ void print_table(const Results& a, const GuestInfo& ia, const Results& b, const 
     std::printf("%-*s %-*s %-*s\n", w0, "  = throughput (median)", w1, mibps(a).c_str(), w1, mibps(b).c_str());
 }
 
-int usage() {
-    std::fprintf(stderr, "usage: vmm_bench [--reps N]   (N >= 1, default 20)\n");
-    return 2;
-}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-    int reps = 20;
-    for (int i = 1; i < argc; ++i) {
-        if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
-            char* end = nullptr;
-            long v = std::strtol(argv[++i], &end, 10);
-            if (*end != '\0' || v < 1 || v > 1000) return usage();
-            reps = static_cast<int>(v);
-        } else {
-            return usage();
-        }
-    }
+    std::optional<int> parsed = bench::parse_reps(argc, argv, 20, "vmm_bench");
+    if (!parsed) return 2;
+    const int reps = *parsed;
     try {
         Results shared, anonymous;
         GuestInfo shared_info, anonymous_info;
