@@ -1,7 +1,11 @@
 // Everything hvpatch knows about the guest kernel from one freeze: where it
 // is (page tables, image, KASLR), its symbols (kallsyms), its structure
 // layouts (BTF), and per-CPU data. Built from raw memory of a paused VM;
-// valid only while the VM stays paused (a later pass builds a new one).
+// the data it decoded is valid only while the VM stays paused (a later pass
+// builds a new one). Its memory view reads through the kernel's own page
+// tables (init_mm's PGD), which live as long as the kernel, so it stays
+// usable across a resume (e.g. around a guest call) — the values read do
+// not.
 #pragma once
 
 #include <cstdint>
@@ -39,7 +43,7 @@ public:
     static std::unique_ptr<GuestKernel> open(Machine& machine);
 
     Machine& machine() { return machine_; }
-    KernelMemory& memory() { return memory_; }
+    KernelMemory& memory() { return *memory_; }
     const KernelPageTables& page_tables() const { return tables_; }
     const KernelImage& image() const { return image_; }
     const KallsymsTable& symbols() const { return *symbols_; }
@@ -57,10 +61,11 @@ public:
 private:
     GuestKernel(Machine& machine, KernelPageTables tables);
     void read_info();
+    void anchor_on_init_mm();
 
     Machine& machine_;
     KernelPageTables tables_;
-    KernelMemory memory_;
+    std::unique_ptr<KernelMemory> memory_;
     KernelImage image_;
     std::unique_ptr<KallsymsTable> symbols_;
     std::unique_ptr<KernelBtf> btf_;
