@@ -51,8 +51,7 @@ void run_sym(const SymOptions& opt) {
             if (!s.name.empty()) symbols.push_back(s);  // /proc/kallsyms skips empty names
         module_symbols_where([](const KernelSymbol& s) { return !s.name.empty(); });
     } else if (by_address) {
-        resolved = module_for_address(modules.modules(), address) ? modules.resolve(address)
-                                                                  : table.resolve(GuestVirtAddr{address});
+        resolved = resolve_kernel_address(table, modules, address);
         if (!resolved)
             throw Error(ErrorKind::Guest, snap.machine().name() + ": no kernel symbol contains " + hex(address));
     } else {

@@ -3,6 +3,8 @@
 // table, so the two cannot disagree.
 #include "introspect/guest_layouts.h"
 
+#include "introspect/virtual_memory.h"
+
 #include <cstdio>
 #include <initializer_list>
 
@@ -318,6 +320,19 @@ std::string GuestLayouts::describe() const {
     Describer d;
     visit(*this, d);
     return d.text;
+}
+
+std::uint64_t read_layout_field(VirtualMemory& memory, std::uint64_t base, const LayoutField& field) {
+    GuestVirtAddr at{base + field.offset};
+    switch (field.size) {
+        case 1: return memory.read_u8(at);
+        case 2: return memory.read_u16(at);
+        case 4: return memory.read_u32(at);
+        case 8: return memory.read_u64(at);
+        default:
+            throw Error(ErrorKind::Guest, "field " + std::string(field.path) + " has unsupported size " +
+                                              std::to_string(field.size));
+    }
 }
 
 }  // namespace hvpatch

@@ -24,6 +24,8 @@
 
 namespace hvpatch {
 
+class VirtualMemory;
+
 // One member of a guest struct.
 struct LayoutField {
     std::uint64_t offset = 0;  // bytes from the start of its struct
@@ -142,5 +144,10 @@ struct GuestLayouts {
     // marked; for `inspect` and debugging.
     std::string describe() const;
 };
+
+// Reads the 1-, 2-, 4- or 8-byte field `field` of the structure at `base`,
+// zero-extended. Throws Error(Guest) for another size (naming the field) or
+// an unreadable address.
+std::uint64_t read_layout_field(VirtualMemory& memory, std::uint64_t base, const LayoutField& field);
 
 }  // namespace hvpatch

@@ -14,19 +14,6 @@ namespace {
 
 constexpr std::uint64_t kPageSize = 4096;
 
-std::uint64_t read_field(VirtualMemory& memory, std::uint64_t base, const LayoutField& field) {
-    GuestVirtAddr at{base + field.offset};
-    switch (field.size) {
-        case 1: return memory.read_u8(at);
-        case 2: return memory.read_u16(at);
-        case 4: return memory.read_u32(at);
-        case 8: return memory.read_u64(at);
-        default:
-            throw Error(ErrorKind::Guest, "field " + std::string(field.path) + " has unsupported size " +
-                                              std::to_string(field.size));
-    }
-}
-
 // The same error with context in front; the kind is kept (a VMM that went
 // away is not the guest's fault).
 [[noreturn]] void rethrow_with(const Error& e, const std::string& context) {
@@ -128,23 +115,23 @@ GuestModule read_module(VirtualMemory& memory, const GuestLayouts& layouts, std:
     GuestModule mod;
     mod.address = address;
     try {
-        mod.state = static_cast<int>(static_cast<std::int32_t>(read_field(memory, address, m.state)));
+        mod.state = static_cast<int>(static_cast<std::int32_t>(read_layout_field(memory, address, m.state)));
         // module_get_kallsym() copies it with strscpy(.., MODULE_NAME_LEN).
         mod.name = memory.read_cstring(GuestVirtAddr{address + m.name.offset}, m.name.size ? m.name.size - 1 : 0);
-        mod.core.base = read_field(memory, address, m.core.base);
-        mod.core.size = read_field(memory, address, m.core.size);
-        mod.core.text_size = read_field(memory, address, m.core.text_size);
-        mod.init.base = read_field(memory, address, m.init.base);
-        mod.init.size = read_field(memory, address, m.init.size);
-        mod.init.text_size = read_field(memory, address, m.init.text_size);
-        mod.kallsyms = read_field(memory, address, m.kallsyms);
+        mod.core.base = read_layout_field(memory, address, m.core.base);
+        mod.core.size = read_layout_field(memory, address, m.core.size);
+        mod.core.text_size = read_layout_field(memory, address, m.core.text_size);
+        mod.init.base = read_layout_field(memory, address, m.init.base);
+        mod.init.size = read_layout_field(memory, address, m.init.size);
+        mod.init.text_size = read_layout_field(memory, address, m.init.text_size);
+        mod.kallsyms = read_layout_field(memory, address, m.kallsyms);
         if (m.orc) {
-            std::uint64_t num = read_field(memory, address, m.orc->num_orcs);
-            std::uint64_t ip = read_field(memory, address, m.orc->orc_unwind_ip);
-            std::uint64_t orc = read_field(memory, address, m.orc->orc_unwind);
+            std::uint64_t num = read_layout_field(memory, address, m.orc->num_orcs);
+            std::uint64_t ip = read_layout_field(memory, address, m.orc->orc_unwind_ip);
+            std::uint64_t orc = read_layout_field(memory, address, m.orc->orc_unwind);
             if (ip != 0 && orc != 0) mod.orc = GuestModuleOrc{GuestVirtAddr{ip}, GuestVirtAddr{orc}, num};
         }
-        if (m.klp) mod.livepatch = read_field(memory, address, *m.klp) != 0;
+        if (m.klp) mod.livepatch = read_layout_field(memory, address, *m.klp) != 0;
     } catch (const Error& e) {
         rethrow_with(e, "module at " + hex(address) + (mod.name.empty() ? "" : " (" + mod.name + ")"));
     }
@@ -160,7 +147,7 @@ std::vector<GuestModule> list_modules(VirtualMemory& memory, const GuestLayouts&
     for (std::uint64_t address : entries) {
         std::int64_t state;
         try {
-            state = static_cast<std::int32_t>(read_field(memory, address, m.state));
+            state = static_cast<std::int32_t>(read_layout_field(memory, address, m.state));
         } catch (const Error& e) {
             rethrow_with(e, "module at " + hex(address));
         }
@@ -193,10 +180,10 @@ std::vector<ModuleSymtabEntry> read_module_symtab(VirtualMemory& memory, const G
 
     std::uint64_t symtab = 0, num = 0, strtab = 0, typetab = 0;
     try {
-        symtab = read_field(memory, module.kallsyms, k.symtab);
-        num = read_field(memory, module.kallsyms, k.num_symtab);
-        strtab = read_field(memory, module.kallsyms, k.strtab);
-        if (k.typetab) typetab = read_field(memory, module.kallsyms, *k.typetab);
+        symtab = read_layout_field(memory, module.kallsyms, k.symtab);
+        num = read_layout_field(memory, module.kallsyms, k.num_symtab);
+        strtab = read_layout_field(memory, module.kallsyms, k.strtab);
+        if (k.typetab) typetab = read_layout_field(memory, module.kallsyms, *k.typetab);
     } catch (const Error& e) {
         rethrow_with(e, table + " unreadable");
     }
@@ -287,8 +274,8 @@ ModuleExports::ModuleExports(VirtualMemory& memory, const ModuleExportLayout& la
                              const ModuleListOptions& options)
     : memory_(memory), layout_(layout), module_name_(module_label(module)) {
     try {
-        table_ = read_field(memory, module.address, layout.syms);
-        count_ = read_field(memory, module.address, layout.num_syms);
+        table_ = read_layout_field(memory, module.address, layout.syms);
+        count_ = read_layout_field(memory, module.address, layout.num_syms);
     } catch (const Error& e) {
         rethrow_with(e, module_name_ + ": syms/num_syms unreadable");
     }
@@ -451,6 +438,12 @@ void add_module_orc_sources(CompositeOrcSource& composite, VirtualMemory& memory
                             const std::vector<GuestModule>& modules, OrcFormat format) {
     for (const GuestModule& m : modules)
         if (auto tables = module_orc_tables(m, format)) composite.add(make_module_orc(memory, *tables));
+}
+
+std::optional<KallsymsTable::Resolved> resolve_kernel_address(const KallsymsTable& vmlinux,
+                                                              ModuleSymbolResolver& modules, std::uint64_t addr) {
+    if (module_for_address(modules.modules(), addr)) return modules.resolve(addr);
+    return vmlinux.resolve(GuestVirtAddr{addr});
 }
 
 }  // namespace hvpatch

@@ -232,6 +232,11 @@ private:
 // (__sprint_symbol without build ids), " [module]" only for module symbols.
 std::string format_symbol(const KallsymsTable::Resolved& resolved);
 
+// Any kernel address to symbol+offset: module text and data through the
+// module resolver, everything else through vmlinux's kallsyms.
+std::optional<KallsymsTable::Resolved> resolve_kernel_address(const KallsymsTable& vmlinux,
+                                                              ModuleSymbolResolver& modules, std::uint64_t addr);
+
 // The ORC tables of a module for make_module_orc() (orc_unwind.h): the
 // module's core region and, while it is live, its init region. nullopt when
 // the module has no ORC tables (GuestModule::orc).

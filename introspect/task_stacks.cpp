@@ -168,9 +168,7 @@ ResolvedFrame StackWalker::resolve(const StackFrame& frame) {
     std::uint64_t ip = frame.ip.value;
     bool return_address = frame.kind == FrameKind::Call || frame.kind == FrameKind::TaskSwitch;
     std::uint64_t lookup = return_address ? ip - 1 : ip;
-    std::optional<KallsymsTable::Resolved> found = module_for_address(modules_->modules(), lookup)
-                                                       ? modules_->resolve(lookup)
-                                                       : kernel_.symbols().resolve(GuestVirtAddr{lookup});
+    std::optional<KallsymsTable::Resolved> found = resolve_kernel_address(kernel_.symbols(), *modules_, lookup);
     if (auto& res = found) {
         r.symbol = std::move(res->symbol.name);
         r.offset = ip - res->symbol.address.value;

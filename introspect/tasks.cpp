@@ -8,21 +8,6 @@
 #include "introspect/kernel_constants.h"
 
 namespace hvpatch {
-namespace {
-
-std::uint64_t read_field(KernelMemory& memory, std::uint64_t base, const LayoutField& field) {
-    switch (field.size) {
-        case 1: return memory.read_u8(GuestVirtAddr{base + field.offset});
-        case 2: return memory.read_u16(GuestVirtAddr{base + field.offset});
-        case 4: return memory.read_u32(GuestVirtAddr{base + field.offset});
-        case 8: return memory.read_u64(GuestVirtAddr{base + field.offset});
-        default:
-            throw Error(ErrorKind::Guest, "field " + std::string(field.path) + " has unsupported size " +
-                                              std::to_string(field.size));
-    }
-}
-
-}  // namespace
 
 bool GuestTask::patch_pending() const { return (thread_flags >> kconst::kTifPatchPending) & 1; }
 
@@ -75,20 +60,20 @@ GuestTask read_task(GuestKernel& kernel, std::uint64_t address) {
     GuestTask task;
     task.address = address;
     try {
-        task.pid = static_cast<int>(read_field(memory, address, t.pid));
-        task.tgid = static_cast<int>(read_field(memory, address, t.tgid));
+        task.pid = static_cast<int>(read_layout_field(memory, address, t.pid));
+        task.tgid = static_cast<int>(read_layout_field(memory, address, t.tgid));
         task.comm = memory.read_cstring(GuestVirtAddr{address + t.comm.offset}, t.comm.size);
-        task.state = static_cast<std::uint32_t>(read_field(memory, address, t.state));
-        task.exit_state = static_cast<std::uint32_t>(read_field(memory, address, t.exit_state));
-        task.flags = static_cast<std::uint32_t>(read_field(memory, address, t.flags));
-        task.thread_flags = read_field(memory, address, t.thread_info_flags);
-        task.stack_base = read_field(memory, address, t.stack);
-        task.saved_sp = read_field(memory, address, t.thread_sp);
-        task.mm = read_field(memory, address, t.mm);
-        if (t.cpu) task.cpu = static_cast<int>(read_field(memory, address, *t.cpu));
-        if (t.on_cpu) task.on_cpu = read_field(memory, address, *t.on_cpu) != 0;
+        task.state = static_cast<std::uint32_t>(read_layout_field(memory, address, t.state));
+        task.exit_state = static_cast<std::uint32_t>(read_layout_field(memory, address, t.exit_state));
+        task.flags = static_cast<std::uint32_t>(read_layout_field(memory, address, t.flags));
+        task.thread_flags = read_layout_field(memory, address, t.thread_info_flags);
+        task.stack_base = read_layout_field(memory, address, t.stack);
+        task.saved_sp = read_layout_field(memory, address, t.thread_sp);
+        task.mm = read_layout_field(memory, address, t.mm);
+        if (t.cpu) task.cpu = static_cast<int>(read_layout_field(memory, address, *t.cpu));
+        if (t.on_cpu) task.on_cpu = read_layout_field(memory, address, *t.on_cpu) != 0;
         if (t.patch_state)
-            task.patch_state = static_cast<std::int32_t>(read_field(memory, address, *t.patch_state));
+            task.patch_state = static_cast<std::int32_t>(read_layout_field(memory, address, *t.patch_state));
     } catch (const Error& e) {
         throw Error(ErrorKind::Guest, "task_struct at " + hex(address) + ": " + e.what());
     }
