@@ -117,6 +117,7 @@ public:
 
     std::string name() const override { return inner_.name(); }
     std::string accelerator() override { return inner_.accelerator(); }
+    MachineIdentity identity() override { return inner_.identity(); }
     RunState run_state() override { return inner_.run_state(); }
     void pause() override { inner_.pause(); }
     void resume() override { inner_.resume(); }

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -112,6 +113,25 @@ std::string resolve_accel(const std::string& requested) {
 
 // Creates an empty RAM file that only we can open; QEMU sizes it. /dev/shm
 // keeps guest RAM out of the page cache of a disk-backed /tmp.
+// A random (version 4) UUID for -uuid: the VM's identity, under which
+// hvpatch keeps its state (libvirt gives every domain one the same way).
+std::string random_uuid() {
+    std::array<unsigned char, 16> bytes{};
+    std::ifstream urandom("/dev/urandom", std::ios::binary);
+    if (!urandom.read(reinterpret_cast<char*>(bytes.data()), bytes.size()))
+        throw Error(ErrorKind::Internal, "cannot read /dev/urandom for a VM UUID");
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    std::string text;
+    static const char* digits = "0123456789abcdef";
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) text += '-';
+        text += digits[bytes[i] >> 4];
+        text += digits[bytes[i] & 15];
+    }
+    return text;
+}
+
 std::string create_ram_file(const std::string& workdir) {
     std::error_code ec;
     std::string pattern = fs::is_directory("/dev/shm", ec) && ::access("/dev/shm", W_OK) == 0
@@ -455,7 +475,7 @@ std::unique_ptr<LaunchedVm> launch_vm(const LaunchOptions& options) {
 
     std::string mem = std::to_string(options.memory_mib) + "M";
     std::vector<std::string> args = {qemu, "-nodefaults", "-no-user-config", "-nographic", "-display", "none",
-                                     "-no-reboot"};
+                                     "-no-reboot", "-uuid", random_uuid()};
     if (options.shared_ram) {
         vm->ram_file_ = create_ram_file(dir);
         std::ofstream(dir + "/" + kRamNote) << vm->ram_file_;

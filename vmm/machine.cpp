@@ -1,5 +1,7 @@
 #include "hvpatch/machine.h"
 
+#include <cctype>
+
 #include "hvpatch/error.h"
 #include "vmm/qemu/qemu_machine.h"
 
@@ -14,6 +16,17 @@ std::unique_ptr<Machine> open_machine(const std::string& target) {
         return std::make_unique<QemuMachine>(QmpClient::connect(path), target);
     }
     throw Error(ErrorKind::Usage, "unknown target '" + target + "': expected qmp:PATH");
+}
+
+std::string MachineIdentity::key() const {
+    auto safe = [](std::string text) {
+        for (char& c : text)
+            if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) c = '_';
+        return text;
+    };
+    bool real_uuid = !uuid.empty() && uuid.find_first_not_of("0-") != std::string::npos;
+    if (real_uuid) return "uuid-" + safe(uuid);
+    return "target-" + safe(target);
 }
 
 PauseGuard::PauseGuard(Machine& machine) : machine_(machine), start_(std::chrono::steady_clock::now()) {

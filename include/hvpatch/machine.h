@@ -53,6 +53,16 @@ struct BreakpointHit {
 
 enum class RunState { Running, Paused };
 
+// Who the VM is, as its VMM names it. State kept outside the guest is keyed
+// by `key()`: the UUID when the VMM has a real one, else the target name.
+struct MachineIdentity {
+    std::string uuid;  // "" or all-zero when the VMM was given none
+    std::string name;  // the VM's name, "" if none
+    std::string target;  // Machine::name()
+    // A file-name-safe key: "uuid-<uuid>" or "target-<sanitised target>".
+    std::string key() const;
+};
+
 class Machine : public PhysicalMemoryReader {
 public:
     ~Machine() override = default;
@@ -61,6 +71,7 @@ public:
     virtual std::string name() const = 0;
     // "kvm" or "tcg".
     virtual std::string accelerator() = 0;
+    virtual MachineIdentity identity() = 0;
 
     virtual RunState run_state() = 0;
     // Stops every vCPU. Idempotent.

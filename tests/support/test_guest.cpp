@@ -24,42 +24,6 @@ std::string trim(std::string text) {
     return text;
 }
 
-// Takes the response to request `id` out of `buffer`:
-//   @@BEGIN <id>@@\n<output>@@END <id> <status>@@\n
-// Whatever precedes it (answers to earlier, abandoned requests) is dropped.
-// nullopt while the response is incomplete.
-std::optional<TestGuest::Result> take_response(std::string& buffer, const std::string& id) {
-    const std::string begin = "@@BEGIN " + id + "@@\n";
-    const std::string end = "@@END " + id + " ";
-    std::size_t b = buffer.find(begin);
-    if (b == std::string::npos) {
-        // Keep only what could be the start of the marker.
-        if (buffer.size() >= begin.size()) buffer.erase(0, buffer.size() - (begin.size() - 1));
-        return std::nullopt;
-    }
-    std::size_t body = b + begin.size();
-    std::size_t e = buffer.find(end, body);
-    if (e == std::string::npos) return std::nullopt;
-    std::size_t digits = e + end.size();
-    std::size_t stop = digits;
-    while (stop < buffer.size() && buffer[stop] >= '0' && buffer[stop] <= '9') ++stop;
-    if (buffer.size() < stop + 3) return std::nullopt;
-    if (stop == digits || buffer.compare(stop, 3, "@@\n") != 0)
-        throw Error(ErrorKind::Protocol, "malformed end marker from the guest command loop: " +
-                                             buffer.substr(e, std::min<std::size_t>(40, buffer.size() - e)));
-    TestGuest::Result result{std::stoi(buffer.substr(digits, stop - digits)), buffer.substr(body, e - body)};
-    buffer.erase(0, stop + 3);
-    return result;
-}
-
-
-// Quotes `text` as one word for the guest's sh.
-std::string shell_quote(const std::string& text) {
-    std::string quoted = "'";
-    for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return quoted + "'";
-}
-
 }  // namespace
 
 std::string test_guest_dir(const std::string& flavour, const std::string& version) {
@@ -141,61 +105,23 @@ void TestGuest::wait_until_ready(const Deadline& deadline) {
     }
 }
 
-// Serial input that arrives before the guest opened the port is lost, and a
-// request may be cut in half: send probes (each after a newline that ends
-// any partial line) until one is answered. Answers to the other probes come
-// later and are dropped by take_response().
 void TestGuest::probe_command_channel(const Deadline& deadline) {
-    channel_ = Socket::connect_unix(vm_->command_socket_path(), 5s);
-    std::vector<std::string> probes;
-    while (!deadline.expired()) {
-        probes.push_back("probe" + std::to_string(probes.size() + 1));
-        channel_.send_all("\n" + probes.back() + " echo hvpatch-probe\n", deadline);
-        Deadline slice(500ms);
-        char buf[4096];
-        while (!slice.expired()) {
-            std::size_t n = channel_.recv_some_until(buf, sizeof buf, slice);
-            pending_.append(buf, n);
-            for (const auto& id : probes) {
-                // take_response trims the buffer when it finds nothing, so
-                // look for each probe in a copy.
-                std::string copy = pending_;
-                if (auto result = take_response(copy, id); result && result->output == "hvpatch-probe\n") {
-                    pending_ = copy;
-                    return;
-                }
-            }
-        }
-        if (!vm_->running()) throw Error(ErrorKind::Unreachable, "the test guest died while booting; " + post_mortem());
+    try {
+        channel_ = GuestCommandChannel::connect(vm_->command_socket_path(), deadline, [this] {
+            if (!vm_->running())
+                throw Error(ErrorKind::Unreachable, "the test guest died while booting; " + post_mortem());
+        });
+    } catch (const Error& e) {
+        if (e.kind() != ErrorKind::Timeout) throw;
+        throw Error(ErrorKind::Timeout, std::string(e.what()) + "; " + post_mortem());
     }
-    throw Error(ErrorKind::Timeout,
-                "the guest command channel " + vm_->command_socket_path() + " did not answer; " + post_mortem());
 }
 
 TestGuest::Result TestGuest::run(const std::string& command, std::chrono::milliseconds timeout) {
-    if (command.find('\n') != std::string::npos)
-        throw Error(ErrorKind::Usage, "guest commands are one line: " + command);
     std::lock_guard lock(mutex_);
-    const std::string id = "c" + std::to_string(next_id_++);
-    Deadline deadline(timeout);
-    // The guest kills the command a little after we stop waiting for it, so
-    // that a command that hangs cannot block the channel for later ones.
-    auto guest_seconds = std::chrono::ceil<std::chrono::seconds>(timeout).count() + 1;
-    const std::string request =
-        id + " timeout -s KILL " + std::to_string(guest_seconds) + " sh -c " + shell_quote(command) + "\n";
     try {
-        channel_.send_all(request, deadline);
-        char buf[16384];
-        while (true) {
-            if (auto result = take_response(pending_, id)) return *result;
-            std::size_t n = channel_.recv_some_until(buf, sizeof buf, deadline);
-            if (n == 0) {
-                throw Error(ErrorKind::Timeout, "guest command `" + command + "` did not finish within " +
-                                                    std::to_string(timeout.count()) + " ms (received so far: " +
-                                                    tail(pending_, 500) + ")");
-            }
-            pending_.append(buf, n);
-        }
+        GuestCommandResult result = channel_.run(command, timeout);
+        return {result.status, std::move(result.output)};
     } catch (const Error& e) {
         if (e.kind() != ErrorKind::Unreachable) throw;
         throw Error(ErrorKind::Unreachable,

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "vmm/launcher.h"
+#include "vmm/guest_command_channel.h"
 #include "vmm/socket.h"
 
 namespace hvpatch::test {
@@ -85,9 +86,7 @@ private:
     std::string guest_dir_, release_;
     std::chrono::milliseconds boot_time_{0};
     std::mutex mutex_;
-    Socket channel_;
-    std::string pending_;  // bytes read from the channel, not yet consumed
-    unsigned long next_id_ = 1;
+    GuestCommandChannel channel_;
 };
 
 }  // namespace hvpatch::test

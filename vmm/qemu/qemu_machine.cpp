@@ -133,6 +133,14 @@ std::string QemuMachine::accelerator() {
     return kvm.value("enabled", false) ? "kvm" : "tcg";
 }
 
+MachineIdentity QemuMachine::identity() {
+    MachineIdentity id;
+    id.target = name_;
+    id.uuid = qmp_.execute("query-uuid").value("UUID", "");
+    id.name = qmp_.execute("query-name").value("name", "");
+    return id;
+}
+
 RunState QemuMachine::run_state() { return running_ ? RunState::Running : RunState::Paused; }
 
 void QemuMachine::pause() {

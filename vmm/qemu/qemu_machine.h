@@ -36,6 +36,7 @@ public:
 
     std::string name() const override { return name_; }
     std::string accelerator() override;
+    MachineIdentity identity() override;
     RunState run_state() override;
     void pause() override;
     void resume() override;
