@@ -20,7 +20,8 @@
 namespace hvpatch {
 namespace {
 
-constexpr std::size_t kMaxKeyLength = 100;
+constexpr std::size_t kMaxKeyLength = 100;     // what vm_lock_key keeps of an identity
+constexpr std::size_t kMaxAcceptedKey = 200;   // leaves room for ".lock", ".json.tmp.XXXXXX" in NAME_MAX
 constexpr std::size_t kMaxHolderDescription = 4096;
 
 bool is_key_char(char c) {
@@ -29,12 +30,12 @@ bool is_key_char(char c) {
 }
 
 void check_key(const std::string& vm_key) {
-    bool plain = !vm_key.empty() && vm_key.size() <= kMaxKeyLength + 13 && vm_key.front() != '.';
+    bool plain = !vm_key.empty() && vm_key.size() <= kMaxAcceptedKey && vm_key.front() != '.';
     for (char c : vm_key) plain = plain && is_key_char(c);
     if (!plain)
         throw Error(ErrorKind::Usage, "'" + vm_key +
                                           "' cannot name a VM lock file (allowed: [A-Za-z0-9._-], not starting "
-                                          "with '.', at most 113 characters; see vm_lock_key)");
+                                          "with '.', at most " + std::to_string(kMaxAcceptedKey) + " characters; see vm_lock_key)");
 }
 
 std::int64_t epoch_ms_now() {

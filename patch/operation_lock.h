@@ -45,8 +45,9 @@ public:
     // "VM <key> is busy: hvpatch pid 1234 (user root) on host h has been
     // running 'apply' since 2026-11-27T05:40:12.345Z (12 s) [lock file
     // PATH]". Throws Error(Usage) for a vm_key that is not a plain file
-    // name (use vm_lock_key), Error(Internal) when the file cannot be
-    // opened or locked.
+    // name ([A-Za-z0-9._-], not starting with '.', at most 200 characters:
+    // MachineIdentity::key() and vm_lock_key() give such keys),
+    // Error(Internal) when the file cannot be opened or locked.
     [[nodiscard]] static OperationLock acquire(const std::string& state_dir, const std::string& vm_key,
                                  std::string_view operation);
 

@@ -136,7 +136,7 @@ TEST(OperationLock, OtherProcessIsRefusedAndTheLockIsFreedWhenTheHolderIsKilled)
 
 TEST(OperationLock, KeysThatAreNotPlainFileNamesAreRefused) {
     TempDir dir;
-    for (const std::string& bad : std::vector<std::string>{"", "../vm1", "a/b", ".hidden", "..", "vm 1", std::string(200, 'a')}) {
+    for (const std::string& bad : std::vector<std::string>{"", "../vm1", "a/b", ".hidden", "..", "vm 1", std::string(201, 'a')}) {
         try {
             (void)OperationLock::acquire(dir.path(), bad, "apply");
             ADD_FAILURE() << "accepted key '" << bad << "'";
@@ -145,6 +145,8 @@ TEST(OperationLock, KeysThatAreNotPlainFileNamesAreRefused) {
         }
     }
     EXPECT_EQ(dir.entries(), std::vector<std::string>{});
+    // MachineIdentity::key() style keys of a long socket path fit.
+    EXPECT_NO_THROW((void)OperationLock::acquire(dir.path(), "target-qmp__" + std::string(188, 'x'), "apply"));
 }
 
 TEST(OperationLock, VmLockKeyMakesSafeDistinctNames) {
