@@ -57,114 +57,147 @@ enum class Fate {
 
 // What a section is for, as far as the loader is concerned.
 enum class Role {
-    Ordinary,       // code or data of the patch
-    SiteTable,      // a table of places in the code that a loader handles (see link_module)
-    Inert,          // a table the guest would hand to a subsystem; harmless unregistered
+    Ordinary,   // code or data of the patch
+    SiteTable,  // a table of places in the code that a loader handles (see link_module)
+    Inert,      // a table the guest would hand to a subsystem; harmless unregistered
     Other,
 };
 
 struct SectionRule {
     std::string_view name;
-    bool prefix;
-    Role role;
+    bool prefix = false;
+    Role role = Role::Other;
     // Refused sections: why. Inert ones: what the guest will not do.
-    std::string_view note;
+    std::string_view note = {};
     bool refused = false;
     bool ro_after_init = false;
     // A relocation in this section may point into a skipped (.init/.exit)
     // section: the field is left 0 and the entry is dropped by the
     // section's handler (or, for struct module, the pointer stays NULL).
     bool tolerates_skipped_targets = false;
+    // Inert: the difference is visible to the guest's users (a warning).
+    bool warn = false;
 };
 
 // Sections the guest's loader hands to a subsystem hvpatch does not register
 // the module with, and without which the module's code would misbehave.
 constexpr SectionRule kRefusedSections[] = {
-    {".data..percpu", false, Role::Other,
-     "per-CPU variables need the guest's per-CPU allocator (percpu_modalloc) and per-CPU symbol values; hvpatch "
-     "does not allocate them",
-     true},
-    {"___srcu_struct_ptrs", false, Role::Other,
-     "SRCU structures defined by the module must be initialised by srcu_module_coming() before use", true},
-    {"__tracepoints", false, Role::Other,
-     "tracepoints defined by the module must be registered with the guest's tracepoint core", true},
-    {"__tracepoints_ptrs", false, Role::Other,
-     "tracepoints defined by the module must be registered with the guest's tracepoint core", true},
-    {"__tracepoints_strings", false, Role::Other,
-     "tracepoints defined by the module must be registered with the guest's tracepoint core", true},
-    {"_ftrace_events", false, Role::Other,
-     "trace events defined by the module must be registered with the guest's tracing (trace_module_add_events)",
-     true},
-    {"_ftrace_eval_map", false, Role::Other, "trace event enum maps must be registered with the guest's tracing",
-     true},
-    {"__trace_printk_fmt", false, Role::Other,
-     "trace_printk() formats must be copied by the guest's tracing (hold_module_trace_bprintk_format)", true},
-    {"__bpf_raw_tp_map", false, Role::Other, "raw BPF tracepoints must be registered with the guest", true},
-    {".kunit_test_suites", false, Role::Other, "KUnit suites are run by the module's loading", true},
-    {".ctors", false, Role::Other, "constructors run from do_init_module(), which hvpatch never calls", true},
-    {".init_array", false, Role::Other, "constructors run from do_init_module(), which hvpatch never calls", true},
-    {".static_call.text", false, Role::Other,
-     "static-call trampolines defined by the module are only updated once static_call_add_module() knows them",
-     true},
-    {".static_call_tramp_key", false, Role::Other,
-     "static-call trampolines defined by the module are only updated once static_call_add_module() knows them",
-     true},
+    {.name = ".data..percpu",
+     .note =
+         "per-CPU variables need the guest's per-CPU allocator (percpu_modalloc) and per-CPU symbol values; hvpatch "
+         "does not allocate them",
+     .refused = true},
+    {.name = "___srcu_struct_ptrs",
+     .note = "SRCU structures defined by the module must be initialised by srcu_module_coming() before use",
+     .refused = true},
+    {.name = "__tracepoints",
+     .note = "tracepoints defined by the module must be registered with the guest's tracepoint core",
+     .refused = true},
+    {.name = "__tracepoints_ptrs",
+     .note = "tracepoints defined by the module must be registered with the guest's tracepoint core",
+     .refused = true},
+    {.name = "__tracepoints_strings",
+     .note = "tracepoints defined by the module must be registered with the guest's tracepoint core",
+     .refused = true},
+    {.name = "_ftrace_events",
+     .note = "trace events defined by the module must be registered with the guest's tracing (trace_module_add_events)",
+     .refused = true},
+    {.name = "_ftrace_eval_map",
+     .note = "trace event enum maps must be registered with the guest's tracing",
+     .refused = true},
+    {.name = "__trace_printk_fmt",
+     .note = "trace_printk() formats must be copied by the guest's tracing (hold_module_trace_bprintk_format)",
+     .refused = true},
+    {.name = "__bpf_raw_tp_map", .note = "raw BPF tracepoints must be registered with the guest", .refused = true},
+    {.name = ".kunit_test_suites", .note = "KUnit suites are run by the module's loading", .refused = true},
+    {.name = ".ctors", .note = "constructors run from do_init_module(), which hvpatch never calls", .refused = true},
+    {.name = ".init_array",
+     .note = "constructors run from do_init_module(), which hvpatch never calls",
+     .refused = true},
+    {.name = ".static_call.text",
+     .note = "static-call trampolines defined by the module are only updated once static_call_add_module() knows them",
+     .refused = true},
+    {.name = ".static_call_tramp_key",
+     .note = "static-call trampolines defined by the module are only updated once static_call_add_module() knows them",
+     .refused = true},
 };
 
 constexpr SectionRule kKnownSections[] = {
     // Code and data of the patch.
-    {".text", false, Role::Ordinary, ""},
-    {".text.", true, Role::Ordinary, ""},
-    {".altinstr_replacement", false, Role::Ordinary, ""},
-    {".altinstr_aux", false, Role::Ordinary, ""},
-    {".noinstr.text", false, Role::Ordinary, ""},
-    {".kprobes.text", false, Role::Ordinary, ""},
-    {".ref.text", false, Role::Ordinary, ""},
-    {".sched.text", false, Role::Ordinary, ""},
-    {".spinlock.text", false, Role::Ordinary, ""},
-    {".cpuidle.text", false, Role::Ordinary, ""},
-    {".data..ro_after_init", false, Role::Ordinary, "", false, true},
-    {".data", false, Role::Ordinary, ""},
-    {".data.", true, Role::Ordinary, ""},  // .data..read_mostly, .data..once, .data.rel.ro, ...
-    {".bss", false, Role::Ordinary, ""},
-    {".bss.", true, Role::Ordinary, ""},
-    {".rodata", false, Role::Ordinary, ""},
-    {".rodata.", true, Role::Ordinary, ""},
-    {".note.", true, Role::Ordinary, ""},  // build id, .note.Linux: the kernel keeps them too
-    {".gnu.linkonce.this_module", false, Role::Ordinary, "", false, false, true},
+    {.name = ".text", .role = Role::Ordinary},
+    {.name = ".text.", .prefix = true, .role = Role::Ordinary},
+    {.name = ".altinstr_replacement", .role = Role::Ordinary},
+    {.name = ".altinstr_aux", .role = Role::Ordinary},
+    {.name = ".noinstr.text", .role = Role::Ordinary},
+    {.name = ".kprobes.text", .role = Role::Ordinary},
+    {.name = ".ref.text", .role = Role::Ordinary},
+    {.name = ".sched.text", .role = Role::Ordinary},
+    {.name = ".spinlock.text", .role = Role::Ordinary},
+    {.name = ".cpuidle.text", .role = Role::Ordinary},
+    {.name = ".data..ro_after_init", .role = Role::Ordinary, .ro_after_init = true},
+    {.name = ".data", .role = Role::Ordinary},
+    {.name = ".data.", .prefix = true, .role = Role::Ordinary},  // .data..read_mostly, .data..once, .data.rel.ro, ...
+    {.name = ".bss", .role = Role::Ordinary},
+    {.name = ".bss.", .prefix = true, .role = Role::Ordinary},
+    {.name = ".rodata", .role = Role::Ordinary},
+    {.name = ".rodata.", .prefix = true, .role = Role::Ordinary},
+    {.name = ".note.", .prefix = true, .role = Role::Ordinary},  // build id, .note.Linux: the kernel keeps them too
+    {.name = ".gnu.linkonce.this_module", .role = Role::Ordinary, .tolerates_skipped_targets = true},
     // Tables of code sites that a loader patches or registers.
-    {"__mcount_loc", false, Role::SiteTable, "", false, false, true},
-    {".altinstructions", false, Role::SiteTable, "", false, false, true},
-    {"__jump_table", false, Role::SiteTable, "", false, true, true},
-    {".static_call_sites", false, Role::SiteTable, "", false, false, true},
-    {".retpoline_sites", false, Role::SiteTable, "", false, false, true},
-    {".return_sites", false, Role::SiteTable, "", false, false, true},
-    {".parainstructions", false, Role::SiteTable, "", false, false, true},
-    {".smp_locks", false, Role::SiteTable, "", false, false, true},
-    {"__bug_table", false, Role::SiteTable, "", false, false, true},
-    {".orc_unwind", false, Role::SiteTable, "", false, false, true},
-    {".orc_unwind_ip", false, Role::SiteTable, "", false, false, true},
-    {".ibt_endbr_seal", false, Role::SiteTable, "", false, false, true},
-    {"__ex_table", false, Role::SiteTable, "", false, false, true},
+    {.name = "__mcount_loc", .role = Role::SiteTable, .tolerates_skipped_targets = true},
+    {.name = ".altinstructions", .role = Role::SiteTable, .tolerates_skipped_targets = true},
+    {.name = "__jump_table", .role = Role::SiteTable, .ro_after_init = true, .tolerates_skipped_targets = true},
+    {.name = ".static_call_sites", .role = Role::SiteTable, .tolerates_skipped_targets = true},
+    {.name = ".retpoline_sites", .role = Role::SiteTable, .tolerates_skipped_targets = true},
+    {.name = ".return_sites", .role = Role::SiteTable, .tolerates_skipped_targets = true},
+    {.name = ".parainstructions", .role = Role::SiteTable, .tolerates_skipped_targets = true},
+    {.name = ".smp_locks", .role = Role::SiteTable, .tolerates_skipped_targets = true},
+    {.name = "__bug_table", .role = Role::SiteTable, .tolerates_skipped_targets = true},
+    {.name = ".orc_unwind", .role = Role::SiteTable, .tolerates_skipped_targets = true},
+    {.name = ".orc_unwind_ip", .role = Role::SiteTable, .tolerates_skipped_targets = true},
+    {.name = ".ibt_endbr_seal", .role = Role::SiteTable, .tolerates_skipped_targets = true},
+    {.name = "__ex_table", .role = Role::SiteTable, .tolerates_skipped_targets = true},
     // Tables the guest hands to a subsystem; unregistered they do no harm.
-    {"__param", false, Role::Inert,
-     "module parameters keep their built-in values: hvpatch passes no arguments and the guest shows no "
-     "/sys/module/<name>/parameters"},
-    {"__ksymtab", false, Role::Inert, "exported symbols are invisible to the guest: no other module can use them"},
-    {"__ksymtab_gpl", false, Role::Inert, "exported symbols are invisible to the guest: no other module can use them"},
-    {"__kcrctab", false, Role::Inert, "export CRCs: unused, the exports are invisible to the guest"},
-    {"__kcrctab_gpl", false, Role::Inert, "export CRCs: unused, the exports are invisible to the guest"},
-    {"__ksymtab_strings", false, Role::Inert, "export names: unused, the exports are invisible to the guest"},
-    {"__dyndbg", false, Role::Inert,
-     "pr_debug()/dynamic-debug sites stay as built (off unless compiled with DEBUG): the guest's "
-     "dynamic_debug/control does not know the module"},
-    {"__dyndbg_classes", false, Role::Inert, "dynamic-debug classes: unknown to the guest's dynamic_debug"},
-    {".printk_index", false, Role::Inert, "the module's printk formats are not listed in the guest's printk index"},
-    {"_kprobe_blacklist", false, Role::Inert,
-     "unused: the guest cannot place kprobes in a module it does not know anyway"},
-    {"_error_injection_whitelist", false, Role::Inert,
-     "unused: the guest cannot inject errors into functions of a module it does not know"},
-    {".BTF", false, Role::Inert, "the module's BTF is not registered with the guest (no /sys/kernel/btf/<name>)"},
+    {.name = "__param",
+     .role = Role::Inert,
+     .note = "module parameters keep their built-in values: hvpatch passes no arguments and the guest shows no "
+             "/sys/module/<name>/parameters",
+     .warn = true},
+    {.name = "__ksymtab",
+     .role = Role::Inert,
+     .note = "exported symbols are invisible to the guest: no other module can use them",
+     .warn = true},
+    {.name = "__ksymtab_gpl",
+     .role = Role::Inert,
+     .note = "exported symbols are invisible to the guest: no other module can use them",
+     .warn = true},
+    {.name = "__kcrctab", .role = Role::Inert, .note = "export CRCs: unused, the exports are invisible to the guest"},
+    {.name = "__kcrctab_gpl",
+     .role = Role::Inert,
+     .note = "export CRCs: unused, the exports are invisible to the guest"},
+    {.name = "__ksymtab_strings",
+     .role = Role::Inert,
+     .note = "export names: unused, the exports are invisible to the guest"},
+    {.name = "__dyndbg",
+     .role = Role::Inert,
+     .note = "pr_debug()/dynamic-debug sites stay as built (off unless compiled with DEBUG): the guest's "
+             "dynamic_debug/control does not know the module",
+     .warn = true},
+    {.name = "__dyndbg_classes",
+     .role = Role::Inert,
+     .note = "dynamic-debug classes: unknown to the guest's dynamic_debug"},
+    {.name = ".printk_index",
+     .role = Role::Inert,
+     .note = "the module's printk formats are not listed in the guest's printk index"},
+    {.name = "_kprobe_blacklist",
+     .role = Role::Inert,
+     .note = "unused: the guest cannot place kprobes in a module it does not know anyway"},
+    {.name = "_error_injection_whitelist",
+     .role = Role::Inert,
+     .note = "unused: the guest cannot inject errors into functions of a module it does not know"},
+    {.name = ".BTF",
+     .role = Role::Inert,
+     .note = "the module's BTF is not registered with the guest (no /sys/kernel/btf/<name>)"},
 };
 
 const SectionRule* find_rule(std::string_view name) {
@@ -290,23 +323,40 @@ constexpr std::uint8_t kCall = 0xe8, kJmp32 = 0xe9, kJmp8 = 0xeb, kInt3 = 0xcc, 
 
 std::string reloc_type_name(std::uint32_t type) {
     switch (type) {
-        case R_X86_64_NONE: return "R_X86_64_NONE";
-        case R_X86_64_64: return "R_X86_64_64";
-        case R_X86_64_PC32: return "R_X86_64_PC32";
-        case R_X86_64_GOT32: return "R_X86_64_GOT32";
-        case R_X86_64_PLT32: return "R_X86_64_PLT32";
-        case R_X86_64_GOTPCREL: return "R_X86_64_GOTPCREL";
-        case R_X86_64_32: return "R_X86_64_32";
-        case R_X86_64_32S: return "R_X86_64_32S";
-        case R_X86_64_16: return "R_X86_64_16";
-        case R_X86_64_PC16: return "R_X86_64_PC16";
-        case R_X86_64_8: return "R_X86_64_8";
-        case R_X86_64_PC8: return "R_X86_64_PC8";
-        case R_X86_64_TPOFF32: return "R_X86_64_TPOFF32";
-        case R_X86_64_PC64: return "R_X86_64_PC64";
-        case R_X86_64_GOTPCRELX: return "R_X86_64_GOTPCRELX";
-        case R_X86_64_REX_GOTPCRELX: return "R_X86_64_REX_GOTPCRELX";
-        default: return "relocation type " + std::to_string(type);
+        case R_X86_64_NONE:
+            return "R_X86_64_NONE";
+        case R_X86_64_64:
+            return "R_X86_64_64";
+        case R_X86_64_PC32:
+            return "R_X86_64_PC32";
+        case R_X86_64_GOT32:
+            return "R_X86_64_GOT32";
+        case R_X86_64_PLT32:
+            return "R_X86_64_PLT32";
+        case R_X86_64_GOTPCREL:
+            return "R_X86_64_GOTPCREL";
+        case R_X86_64_32:
+            return "R_X86_64_32";
+        case R_X86_64_32S:
+            return "R_X86_64_32S";
+        case R_X86_64_16:
+            return "R_X86_64_16";
+        case R_X86_64_PC16:
+            return "R_X86_64_PC16";
+        case R_X86_64_8:
+            return "R_X86_64_8";
+        case R_X86_64_PC8:
+            return "R_X86_64_PC8";
+        case R_X86_64_TPOFF32:
+            return "R_X86_64_TPOFF32";
+        case R_X86_64_PC64:
+            return "R_X86_64_PC64";
+        case R_X86_64_GOTPCRELX:
+            return "R_X86_64_GOTPCRELX";
+        case R_X86_64_REX_GOTPCRELX:
+            return "R_X86_64_REX_GOTPCRELX";
+        default:
+            return "relocation type " + std::to_string(type);
     }
 }
 
@@ -531,10 +581,14 @@ void Linker::resolve_symbols() {
                 }
                 break;
             }
-            case SHN_ABS: v.value = s.value; break;
+            case SHN_ABS:
+                v.value = s.value;
+                break;
             case SHN_COMMON:
                 fail("symbol " + s.name + " is a common symbol (the kernel refuses them: compile with -fno-common)");
-            case kShnLivepatch: v.kind = SymbolValue::Kind::Livepatch; break;
+            case kShnLivepatch:
+                v.kind = SymbolValue::Kind::Livepatch;
+                break;
             default:
                 if (s.shndx >= m_.sections().size())
                     fail("symbol " + s.name + " has section index " + hex(s.shndx) + ", which the kernel refuses");
@@ -566,14 +620,20 @@ void Linker::apply_one(const KoRelocationSection& rs, const KoRelocation& r, std
     };
     std::uint64_t width = 0;
     switch (r.type) {
-        case R_X86_64_NONE: return;
+        case R_X86_64_NONE:
+            return;
         case R_X86_64_64:
-        case R_X86_64_PC64: width = 8; break;
+        case R_X86_64_PC64:
+            width = 8;
+            break;
         case R_X86_64_32:
         case R_X86_64_32S:
         case R_X86_64_PC32:
-        case R_X86_64_PLT32: width = 4; break;
-        default: fail("unknown relocation type: " + where() + "; the guest kernel's apply_relocate_add refuses it too");
+        case R_X86_64_PLT32:
+            width = 4;
+            break;
+        default:
+            fail("unknown relocation type: " + where() + "; the guest kernel's apply_relocate_add refuses it too");
     }
     if (r.offset > target.size || target.size - r.offset < width) fail(where() + " lies outside " + target.name);
     std::uint64_t place = section_address(rs.target) + r.offset;
@@ -585,7 +645,8 @@ void Linker::apply_one(const KoRelocationSection& rs, const KoRelocation& r, std
              " (the kernel refuses a relocation of a nonzero field: invalid relocation target)");
     std::uint64_t val = symbol_value + static_cast<std::uint64_t>(r.addend);
     switch (r.type) {
-        case R_X86_64_64: break;
+        case R_X86_64_64:
+            break;
         case R_X86_64_32:
             if (val > UINT32_MAX) fail(where() + ": value " + hex(val) + " does not fit 32 bits (zero-extended)");
             break;
@@ -600,7 +661,9 @@ void Linker::apply_one(const KoRelocationSection& rs, const KoRelocation& r, std
                 fail(where() + ": target " + hex(symbol_value + static_cast<std::uint64_t>(r.addend)) +
                      " is out of range of a 32-bit displacement from " + hex(place) + " (more than 2 GiB away)");
             break;
-        case R_X86_64_PC64: val -= place; break;
+        case R_X86_64_PC64:
+            val -= place;
+            break;
     }
     std::memcpy(loc, &val, width);
 }
@@ -683,8 +746,8 @@ void Linker::apply_livepatch_section(const KoRelocationSection& rs) {
             fail("symbol " + sym.name + " is not marked as a livepatch symbol (" + rs.name + ")");
         const KlpSymbolName& k = it->second;
         if (sec.object != "vmlinux" && k.object == "vmlinux")
-            fail("invalid access to vmlinux symbol '" + k.name + "' from module-specific livepatch relocation section " +
-                 rs.name + " (the kernel refuses it too)");
+            fail("invalid access to vmlinux symbol '" + k.name +
+                 "' from module-specific livepatch relocation section " + rs.name + " (the kernel refuses it too)");
         auto value = facts_.resolve(k.object, k.name, k.sympos);
         if (!value)
             fail("livepatch symbol " + sym.name + ": '" + k.name + "' " +
@@ -693,8 +756,8 @@ void Linker::apply_livepatch_section(const KoRelocationSection& rs) {
         reloc_symbol_[{rs.target, r.offset}] = sym.name;
         apply_one(rs, r, *value, sym.name);
     }
-    action(rs.name + ": " + std::to_string(rs.entries.size()) + " livepatch relocation(s) applied, symbols resolved in " +
-           sec.object);
+    action(rs.name + ": " + std::to_string(rs.entries.size()) +
+           " livepatch relocation(s) applied, symbols resolved in " + sec.object);
 }
 
 // ---- module_finalize() ----
@@ -716,8 +779,9 @@ void Linker::apply_paravirt(const KoSection& s) {
         auto instr = get<std::uint64_t>(e, ".parainstructions entry");
         auto type = get<std::uint8_t>(e + 8, ".parainstructions entry");
         auto len = get<std::uint8_t>(e + 9, ".parainstructions entry");
-        if (len > 254) fail(".parainstructions entry " + std::to_string(i) + ": length " + std::to_string(len) +
-                            " exceeds MAX_PATCH_LEN (the kernel BUGs)");
+        if (len > 254)
+            fail(".parainstructions entry " + std::to_string(i) + ": length " + std::to_string(len) +
+                 " exceeds MAX_PATCH_LEN (the kernel BUGs)");
         std::uint8_t* site = code(instr, len, ".parainstructions site");
         std::uint64_t pv_ops = kernel_symbol("pv_ops", ".parainstructions");
         std::uint64_t op = read_guest_u64(pv_ops + 8ull * type, "pv_ops[" + std::to_string(type) + "]");
@@ -740,7 +804,9 @@ void Linker::apply_paravirt(const KoSection& s) {
                  " bytes, too few for a call (the kernel BUGs)");
         if (used) {
             auto d = static_cast<std::int64_t>(target - (instr + 5));
-            if (!fits_s32(d)) fail("pv_ops[" + std::to_string(type) + "] = " + hex(target) + " is out of call range of " + describe(instr));
+            if (!fits_s32(d))
+                fail("pv_ops[" + std::to_string(type) + "] = " + hex(target) + " is out of call range of " +
+                     describe(instr));
             buf[0] = kCall;
             auto d32 = static_cast<std::int32_t>(d);
             std::memcpy(&buf[1], &d32, 4);
@@ -821,7 +887,8 @@ void Linker::apply_retpolines(const KoSection& s) {
             continue;
         }
         int reg = static_cast<int>(diff / 32);
-        if (reg == 4) fail(".retpoline_sites: indirect branch through %rsp at " + describe(addr) + " (the kernel BUGs)");
+        if (reg == 4)
+            fail(".retpoline_sites: indirect branch through %rsp at " + describe(addr) + " (the kernel BUGs)");
         if (retpoline && !lfence) {
             ++kept;
             continue;
@@ -920,7 +987,8 @@ void Linker::apply_returns(const KoSection& s) {
         // __static_call_fixup(): a static-call trampoline of this module
         // (its `ud1 %esp,%ecx` signature after the 5 bytes).
         if (loaded_section_at(addr, 8) && site[5] == 0x0f && site[6] == 0xb9 && site[7] == 0xcc)
-            fail(".return_sites: " + describe(addr) + " is a static-call trampoline of the module, which hvpatch cannot "
+            fail(".return_sites: " + describe(addr) +
+                 " is a static-call trampoline of the module, which hvpatch cannot "
                  "register with the guest's static calls");
         std::optional<std::uint64_t> dest;
         if (op == kJmp32) {
@@ -940,7 +1008,8 @@ void Linker::apply_returns(const KoSection& s) {
         bool want_thunk = rethunk && (!its_return_thunk || return_thunk != *its_return_thunk || !(addr & 0x20));
         if (want_thunk) {
             auto d = static_cast<std::int64_t>(return_thunk - (addr + 5));
-            if (!fits_s32(d)) fail("x86_return_thunk " + hex(return_thunk) + " is out of jump range of " + describe(addr));
+            if (!fits_s32(d))
+                fail("x86_return_thunk " + hex(return_thunk) + " is out of jump range of " + describe(addr));
             bytes[0] = kJmp32;
             auto d32 = static_cast<std::int32_t>(d);
             std::memcpy(&bytes[1], &d32, 4);
@@ -989,14 +1058,19 @@ void Linker::apply_alternatives(const KoSection& s) {
         if (repllen > instrlen)
             fail(label + ": replacement (" + std::to_string(repllen) + " bytes) longer than the original (" +
                  std::to_string(instrlen) + "); the kernel would overwrite the code after it");
+        bool apply = cpu_has(feature, label) != inverted;
+        if (instrlen == 0) {
+            ++(apply ? applied : kept);  // nothing to write, nothing to optimize
+            continue;
+        }
         std::uint8_t* site = code(instr, instrlen, label);
-        const std::uint8_t* replacement = code(repl, repllen, label + " replacement");
+        const std::uint8_t* replacement = repllen ? code(repl, repllen, label + " replacement") : nullptr;
         // How far the instruction decoder may look (the kernel decodes in place).
         auto sec = loaded_section_at(instr, instrlen);
         std::size_t decodable = section_address(*sec) + m_.sections()[*sec].size - instr;
-        if (cpu_has(feature, label) != inverted) {
+        if (apply) {
             std::array<std::uint8_t, 256> buf{};
-            std::memcpy(buf.data(), replacement, repllen);
+            if (repllen) std::memcpy(buf.data(), replacement, repllen);
             // A relative CALL as the whole replacement: fix its displacement.
             if (repllen == 5 && buf[0] == kCall) {
                 std::int32_t d;
@@ -1012,15 +1086,15 @@ void Linker::apply_alternatives(const KoSection& s) {
                 std::memcpy(&o_dspl, &buf[1], 4);
                 std::uint64_t tgt = repl + 5 + static_cast<std::uint64_t>(static_cast<std::int64_t>(o_dspl));
                 auto delta = static_cast<std::int64_t>(tgt - instr);
-                auto n_dspl = static_cast<std::int32_t>(delta);
+                std::int64_t n_dspl = static_cast<std::int32_t>(delta);  // s32 n_dspl = tgt_rip - orig_insn
                 bool two = delta >= 0 ? (n_dspl - 2 <= 127) : (((n_dspl - 2) & 0xff) == n_dspl - 2);
                 if (two) {
                     buf[0] = kJmp8;
-                    buf[1] = static_cast<std::uint8_t>(static_cast<std::int8_t>(n_dspl - 2));
+                    buf[1] = static_cast<std::uint8_t>(n_dspl - 2);
                     add_nops(&buf[2], 3);
                 } else {
                     buf[0] = kJmp32;
-                    std::int32_t d = n_dspl - 5;
+                    auto d = static_cast<std::int32_t>(static_cast<std::uint32_t>(n_dspl - 5));
                     std::memcpy(&buf[1], &d, 4);
                 }
             }
@@ -1044,7 +1118,8 @@ void Linker::sort_orc(const KoSection& ip_sec, const KoSection& orc_sec) {
     // counted.
     std::size_t n = entries(ip_sec, 4);
     if (entries(orc_sec, 6) != n)
-        fail(".orc_unwind_ip has " + std::to_string(n) + " entries but .orc_unwind " + std::to_string(orc_sec.size / 6));
+        fail(".orc_unwind_ip has " + std::to_string(n) + " entries but .orc_unwind " +
+             std::to_string(orc_sec.size / 6));
     struct Entry {
         std::uint64_t ip;
         std::array<std::byte, 6> orc;
@@ -1104,7 +1179,8 @@ void Linker::nop_mcount(const KoSection& s) {
         }
         if (!fentry) {
             const KoSymbol* sym = m_.find_symbol("__fentry__");
-            fentry = sym && sym->shndx == SHN_UNDEF ? sym_[sym->index].value : kernel_symbol("__fentry__", "__mcount_loc");
+            fentry =
+                sym && sym->shndx == SHN_UNDEF ? sym_[sym->index].value : kernel_symbol("__fentry__", "__mcount_loc");
         }
         std::uint8_t* site = code(addr, 5, "__mcount_loc entry " + std::to_string(i));
         std::int32_t d;
@@ -1169,8 +1245,10 @@ void Linker::handle_bug_table(const KoSection& s) {
     action("__bug_table: " + std::to_string(warns) + " WARN site(s) turned into NOPs, " + std::to_string(bugs) +
            " BUG site(s) kept (the guest reports them as \"invalid opcode\" without file and line)" +
            (dropped ? ", " + std::to_string(dropped) + " in skipped code ignored" : ""));
-    if (bugs) warn(std::to_string(bugs) + " BUG() site(s) in the patch: if one triggers, the guest oopses with "
-                   "\"invalid opcode\" instead of \"kernel BUG at file:line\"");
+    if (bugs)
+        warn(std::to_string(bugs) +
+             " BUG() site(s) in the patch: if one triggers, the guest oopses with "
+             "\"invalid opcode\" instead of \"kernel BUG at file:line\"");
 }
 
 void Linker::apply_jump_labels(const KoSection& s) {
@@ -1212,7 +1290,8 @@ void Linker::apply_jump_labels(const KoSection& s) {
         } else {
             if (!facts_.read_u32) throw Error(ErrorKind::Internal, "GuestLinkFacts.read_u32 is not set");
             auto v = facts_.read_u32(e.key);
-            if (!v) fail("cannot read static key " + key_name + " at " + hex(e.key) + " in guest memory (__jump_table)");
+            if (!v)
+                fail("cannot read static key " + key_name + " at " + hex(e.key) + " in guest memory (__jump_table)");
             enabled = static_cast<std::int32_t>(*v);
         }
         bool jump = (enabled > 0) != (e.flags & 1);
@@ -1253,8 +1332,9 @@ void Linker::apply_jump_labels(const KoSection& s) {
         if (i < kept.size()) {
             put_relative({s.index, i * kEntry}, kept[i].code);
             put_relative({s.index, i * kEntry + 4}, kept[i].target);
-            put<std::int64_t>(e + 8, static_cast<std::int64_t>(kept[i].key - (e + 8)) | static_cast<std::int64_t>(kept[i].flags),
-                              "__jump_table entry");
+            put<std::int64_t>(
+                e + 8, static_cast<std::int64_t>(kept[i].key - (e + 8)) | static_cast<std::int64_t>(kept[i].flags),
+                "__jump_table entry");
         } else {
             std::memset(at(e, kEntry, "__jump_table entry"), 0, kEntry);
         }
@@ -1264,9 +1344,12 @@ void Linker::apply_jump_labels(const KoSection& s) {
            (dropped ? ", " + std::to_string(dropped) + " in skipped code ignored" : ""));
     if (!sites_per_key.empty()) {
         std::string keys;
-        for (const auto& [k, c] : sites_per_key) keys += (keys.empty() ? "" : ", ") + k + " (" + std::to_string(c) + ")";
-        warn("static branches follow their keys as they are now and will not change with them: the guest's "
-             "jump-label code does not know this module's sites. Keys: " + keys);
+        for (const auto& [k, c] : sites_per_key)
+            keys += (keys.empty() ? "" : ", ") + k + " (" + std::to_string(c) + ")";
+        warn(
+            "static branches follow their keys as they are now and will not change with them: the guest's "
+            "jump-label code does not know this module's sites. Keys: " +
+            keys);
     }
 }
 
@@ -1311,8 +1394,9 @@ ModuleImage Linker::run() {
     if (auto s = find(".return_sites")) apply_returns(*s);
     if (auto s = find(".altinstructions")) apply_alternatives(*s);
     if (auto s = find(".ibt_endbr_seal"))
-        action(".ibt_endbr_seal: " + std::to_string(s->size / 4) +
-               " ENDBR64 kept (apply_ibt_endbr only poisons them on IBT kernels; unsealed they are plain landing pads)");
+        action(
+            ".ibt_endbr_seal: " + std::to_string(s->size / 4) +
+            " ENDBR64 kept (apply_ibt_endbr only poisons them on IBT kernels; unsealed they are plain landing pads)");
     if (auto s = find(".smp_locks"))
         action(".smp_locks: " + std::to_string(s->size / 4) +
                " lock prefix(es) kept as built (correct on any number of CPUs; the kernel only drops them while a "
@@ -1339,7 +1423,7 @@ ModuleImage Linker::run() {
             action(s.name + ": skipped (" + f.why + ")");
         } else if (loaded(f.fate) && f.rule && f.rule->role == Role::Inert && s.size != 0) {
             action(s.name + ": loaded, unregistered: " + std::string(f.rule->note));
-            warn(s.name + ": " + std::string(f.rule->note));
+            if (f.rule->warn) warn(s.name + ": " + std::string(f.rule->note));
         } else if (f.fate == Fate::NotLoaded && f.rule && f.rule->refused) {
             action(s.name + ": empty, nothing to register");
         }
@@ -1386,9 +1470,8 @@ ModuleLayout plan_module_layout(const LivepatchModule& module, std::uint64_t ext
     end = place(layout.text_size, [](const KoSection&, const SectionFate& f) {
         return f.fate == Fate::Rodata && !f.rule->ro_after_init;
     });
-    end = place(end, [](const KoSection&, const SectionFate& f) {
-        return f.fate == Fate::Rodata && f.rule->ro_after_init;
-    });
+    end = place(end,
+                [](const KoSection&, const SectionFate& f) { return f.fate == Fate::Rodata && f.rule->ro_after_init; });
     layout.rodata_size = align_up(end, kModulePageSize) - layout.text_size;
     end = place(layout.text_size + layout.rodata_size,
                 [](const KoSection&, const SectionFate& f) { return f.fate == Fate::Data; });

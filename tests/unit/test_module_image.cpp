@@ -7,10 +7,9 @@
 // against a fake guest (symbols, memory words, CPU features). Expected bytes
 // are recomputed by hand from `readelf -rW` / `objdump -d` of the fixtures;
 // the offsets quoted in comments come from there.
+#include <elf.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-
-#include <elf.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -33,6 +32,7 @@ using ::testing::AllOf;
 using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 std::string data_path(const std::string& name) { return std::string(HVPATCH_TEST_DATA) + "/" + name; }
 
@@ -222,12 +222,12 @@ TEST_F(CmdlinePatch, LaysOutTextRodataDataInPageAlignedRegions) {
     }
     // Not loaded: .modinfo and __versions (the kernel drops them), .init/.exit
     // data, relocation sections, non-SHF_ALLOC sections.
-    for (std::string_view name : {".modinfo", "__versions", ".init.data", ".exit.data", ".rela.text", ".symtab",
-                                  ".comment"})
+    for (std::string_view name :
+         {".modinfo", "__versions", ".init.data", ".exit.data", ".rela.text", ".symtab", ".comment"})
         EXPECT_FALSE(layout.section_offset.contains(module.find_section(name)->index)) << name;
-    for (std::string_view name : {".note.gnu.build-id", ".note.Linux", "__mcount_loc", ".rodata.str1.1",
-                                  ".return_sites", ".orc_unwind", ".orc_unwind_ip", ".data",
-                                  ".gnu.linkonce.this_module", ".bss"})
+    for (std::string_view name :
+         {".note.gnu.build-id", ".note.Linux", "__mcount_loc", ".rodata.str1.1", ".return_sites", ".orc_unwind",
+          ".orc_unwind_ip", ".data", ".gnu.linkonce.this_module", ".bss"})
         EXPECT_TRUE(layout.section_offset.contains(module.find_section(name)->index)) << name;
 }
 
@@ -243,7 +243,8 @@ TEST_F(CmdlinePatch, AppliesEveryRelocation) {
     // .text+0x44 R_X86_64_PLT32 seq_printf - 4: the call in livepatch_cmdline_proc_show.
     EXPECT_EQ(bytes_at(image, text + 0x43, 5), rel32(0xe8, text + 0x43, guest.symbols["seq_printf"]));
     // .text+0x1d R_X86_64_PLT32 klp_enable_patch - 4 (init_module, loaded: it lives in .text).
-    EXPECT_EQ(value_at<std::int32_t>(image, text + 0x1d), disp32_to(text + 0x1d, guest.symbols["klp_enable_patch"], -4));
+    EXPECT_EQ(value_at<std::int32_t>(image, text + 0x1d),
+              disp32_to(text + 0x1d, guest.symbols["klp_enable_patch"], -4));
     // .text+0x18 R_X86_64_32S .data + 0; +0x38 .rodata.str1.1 + 0; +0x3f .rodata.str1.1 + 0x1b.
     EXPECT_EQ(value_at<std::int32_t>(image, text + 0x18), static_cast<std::int32_t>(data));
     EXPECT_EQ(value_at<std::int32_t>(image, text + 0x38), static_cast<std::int32_t>(strings));
@@ -274,8 +275,8 @@ TEST_F(CmdlinePatch, KlpFuncPointsIntoTheImage) {
     EXPECT_EQ(value_at<std::uint64_t>(image, funcs + 8), new_func);
     EXPECT_EQ(value_at<std::uint64_t>(image, objs + 8), funcs);
     EXPECT_EQ(value_at<std::uint64_t>(image, patch + 8), objs);
-    EXPECT_THAT(image.functions, Contains(std::make_tuple(std::string("livepatch_cmdline_proc_show"), new_func,
-                                                          new_func + 31)));
+    EXPECT_THAT(image.functions,
+                Contains(std::make_tuple(std::string("livepatch_cmdline_proc_show"), new_func, new_func + 31)));
     EXPECT_LT(new_func, image.base + image.layout.text_size);
     EXPECT_GE(new_func, image.base);
 }
@@ -298,7 +299,8 @@ TEST_F(CmdlinePatch, TurnsFentryCallsIntoNopsAndHandlesReturnsAndOrc) {
     std::uint64_t previous = 0;
     for (std::size_t i = 0; i < image.orc_entries; ++i) {
         std::uint64_t field = image.orc_unwind_ip + 4 * i;
-        std::uint64_t ip = field + static_cast<std::uint64_t>(static_cast<std::int64_t>(value_at<std::int32_t>(image, field)));
+        std::uint64_t ip =
+            field + static_cast<std::uint64_t>(static_cast<std::int64_t>(value_at<std::int32_t>(image, field)));
         EXPECT_GE(ip, previous);
         EXPECT_GE(ip, text);
         EXPECT_LE(ip, text + 0x4f);
@@ -561,7 +563,8 @@ TEST_F(Fixture, RetpolineSitesFollowTheGuestsSpectreV2Mode) {
     guest.feature(kRetpoline, false);
     image = link();
     EXPECT_EQ(bytes_at(image, t + 0x18, 5), (std::vector<std::uint8_t>{0xff, 0xd0, 0x0f, 0x1f, 0x00}));  // call *%rax
-    EXPECT_EQ(bytes_at(image, t + 0x5a, 5), (std::vector<std::uint8_t>{0x41, 0xff, 0xe3, 0xcc, 0x90}));  // jmp *%r11; int3
+    EXPECT_EQ(bytes_at(image, t + 0x5a, 5),
+              (std::vector<std::uint8_t>{0x41, 0xff, 0xe3, 0xcc, 0x90}));  // jmp *%r11; int3
     // je .+4 (the inverted condition skips); jmp *%rcx; int3; nop.
     const std::vector<std::uint8_t> jcc_inline = {0x74, 0x04, 0xff, 0xe1, 0xcc, 0x90};
     EXPECT_EQ(bytes_at(image, t + 0x6b, 6), jcc_inline);
@@ -653,11 +656,21 @@ TEST_F(Fixture, SortsOrcEntriesAndDropsThoseOfSkippedCode) {
 
 TEST_F(Fixture, ReportsEachSpecialSection) {
     ModuleImage image = link();
-    for (std::string_view s : {".parainstructions:", ".retpoline_sites:", ".return_sites:", ".altinstructions:",
-                               ".smp_locks:", ".orc_unwind/.orc_unwind_ip:", "__mcount_loc:", "__bug_table:",
-                               "__jump_table:", ".static_call_sites:", ".klp.rela.vmlinux..text:",
-                               ".klp.rela.othermod..text:", ".init.text: skipped", ".exit.text: skipped"})
+    for (std::string_view s :
+         {".parainstructions:", ".retpoline_sites:", ".return_sites:", ".altinstructions:", ".smp_locks:",
+          ".orc_unwind/.orc_unwind_ip:", "__mcount_loc:", "__bug_table:", "__jump_table:", ".static_call_sites:",
+          ".klp.rela.vmlinux..text:", ".klp.rela.othermod..text:", ".init.text: skipped", ".exit.text: skipped"})
         EXPECT_THAT(image.actions, Contains(HasSubstr(std::string(s)))) << s;
+}
+
+TEST_F(Fixture, LoadsInertTablesAndSaysWhatTheGuestWillNotDo) {
+    ModuleImage image = link();
+    EXPECT_THAT(image.warnings, Contains(HasSubstr("__ksymtab: exported symbols are invisible to the guest")));
+    EXPECT_THAT(image.actions, Contains(HasSubstr(".BTF: loaded, unregistered")));
+    for (const auto& w : image.warnings) EXPECT_THAT(w, Not(HasSubstr(".BTF")));
+    // Their relocations are applied like any other: __ksymtab's value field points to helper.
+    std::uint64_t ksymtab = section_address(image, module, "__ksymtab");
+    EXPECT_EQ(value_at<std::int32_t>(image, ksymtab), disp32_to(ksymtab, image.symbol_address("helper")));
 }
 
 TEST_F(Fixture, LinksTheSameBytesTwice) {

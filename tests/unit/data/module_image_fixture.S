@@ -234,3 +234,16 @@ cleanup_module:
 	jmp __x86_return_thunk
 	int3
 	.size cleanup_module, . - cleanup_module
+
+/* Tables the guest would register; inert for hvpatch. struct kernel_symbol
+ * (PREL32): value, name, namespace. */
+	.section __ksymtab_strings, "aMS", @progbits, 1
+.Lhelper_name:
+	.asciz "helper"
+	.section __ksymtab, "a"
+	.balign 4
+	.long helper - .
+	.long .Lhelper_name - .
+	.long 0
+	.section .BTF, "a"
+	.byte 0x9f, 0xeb, 0x01, 0x00
