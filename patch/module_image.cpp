@@ -694,12 +694,13 @@ void Linker::apply_relocations() {
             const SymbolValue& v = sym_[r.symbol];
             std::string name = sym.name.empty() ? "symbol " + std::to_string(r.symbol) : sym.name;
             reloc_symbol_[{rs.target, r.offset}] = name;
+            if (r.type == R_X86_64_NONE) continue;  // the kernel ignores its symbol too
             if (v.kind == SymbolValue::Kind::Livepatch)
                 fail(rs.name + ": an ordinary relocation at " + target.name + "+" + hex(r.offset) +
                      " names livepatch symbol " + name + ", which only .klp.rela sections may use");
             if (v.kind == SymbolValue::Kind::Skipped) {
                 const KoSection& in = m_.sections()[sym.shndx];
-                if (tf.rule && tf.rule->tolerates_skipped_targets && r.type != R_X86_64_NONE) {
+                if (tf.rule && tf.rule->tolerates_skipped_targets) {
                     dropped_.insert({rs.target, r.offset});
                     continue;
                 }
