@@ -1,6 +1,8 @@
 // `hvpatch demo`: boot the bundled test guest (a real Debian kernel under
-// QEMU, built by scripts/build-test-guest) and run hvpatch on it. Until
-// patching exists the demo shows what hvpatch sees of the running VM.
+// QEMU, built by scripts/build-test-guest), show `cat /proc/cmdline` from
+// inside it, apply the sample livepatch from the host, show it again, revert
+// it, show it once more. The guest's command channel is only the demo's
+// window into the guest; the patching itself needs nothing in it.
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +15,8 @@
 #include "introspect/page_walk.h"
 #include "introspect/task_stacks.h"
 #include "introspect/tasks.h"
+#include "patch/patcher.h"
+#include "vmm/guest_command_channel.h"
 #include "vmm/interrupt.h"
 #include "vmm/launcher.h"
 
@@ -23,14 +27,12 @@ constexpr std::chrono::seconds kBootTimeout{120};
 
 struct DemoOptions {
     std::string guest_dir;
+    std::string patch;  // "" = the sample, built by scripts/build-example-patches
+    bool inspect = false;
     bool json = false;
 };
 
-// The guest dir: --guest-dir, else $HVPATCH_GUEST_DIR/default, else what
-// scripts/build-test-guest --print-dir reports (it builds it if needed).
-std::string find_guest_dir(const DemoOptions& opt) {
-    if (!opt.guest_dir.empty()) return opt.guest_dir;
-    std::string cmd = std::string(HVPATCH_SOURCE_DIR) + "/scripts/build-test-guest --print-dir";
+std::string run_script(const std::string& cmd, const std::string& what) {
     FILE* pipe = popen(cmd.c_str(), "r");
     if (!pipe) throw Error(ErrorKind::Internal, "cannot run " + cmd);
     std::string out;
@@ -38,9 +40,28 @@ std::string find_guest_dir(const DemoOptions& opt) {
     while (std::fgets(buf.data(), buf.size(), pipe)) out += buf.data();
     int status = pclose(pipe);
     while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-    if (status != 0 || out.empty())
-        throw Error(ErrorKind::Usage, "no test guest: '" + cmd + "' failed; run scripts/build-test-guest");
+    if (status != 0 || out.empty()) throw Error(ErrorKind::Usage, "no " + what + ": '" + cmd + "' failed");
     return out;
+}
+
+// The sample patch: --patch, else livepatch_cmdline.ko as
+// scripts/build-example-patches builds it for the guest's release.
+std::string find_sample_patch(const DemoOptions& opt, const std::string& release) {
+    if (!opt.patch.empty()) return opt.patch;
+    std::string dir = run_script(std::string(HVPATCH_SOURCE_DIR) + "/scripts/build-example-patches --quiet --release " +
+                                     release,
+                                 "sample patch (needs linux-headers-" + release + ")");
+    // The script prints the output directory last.
+    if (auto nl = dir.rfind('\n'); nl != std::string::npos) dir = dir.substr(nl + 1);
+    return dir + "/livepatch_cmdline.ko";
+}
+
+// The guest dir: --guest-dir, else $HVPATCH_GUEST_DIR/default, else what
+// scripts/build-test-guest --print-dir reports (it builds it if needed).
+std::string find_guest_dir(const DemoOptions& opt) {
+    if (!opt.guest_dir.empty()) return opt.guest_dir;
+    return run_script(std::string(HVPATCH_SOURCE_DIR) + "/scripts/build-test-guest --print-dir",
+                      "test guest (run scripts/build-test-guest)");
 }
 
 void progress(bool json, const std::string& line) {
@@ -87,7 +108,19 @@ void show_stacks(Machine& machine) {
                 milliseconds(paused).c_str(), tasks.size(), reliable, shown.c_str());
 }
 
-void run_demo(const DemoOptions& opt) {
+std::string guest_says(GuestCommandChannel& channel, const std::string& command, bool json, nlohmann::json& steps) {
+    GuestCommandResult result = channel.run(command, std::chrono::seconds(20));
+    std::string text = result.output;
+    while (!text.empty() && text.back() == '\n') text.pop_back();
+    if (!json) std::printf("guest$ %s\n%s\n", command.c_str(), text.c_str());
+    steps.push_back({{"guest_command", command}, {"status", result.status}, {"output", result.output}});
+    if (result.status != 0)
+        throw Error(ErrorKind::Guest, "`" + command + "` failed in the guest (status " +
+                                          std::to_string(result.status) + "): " + text);
+    return text;
+}
+
+void run_demo(const DemoOptions& opt, const GlobalOptions& global) {
     std::string dir = find_guest_dir(opt);
     LaunchOptions launch = guest_launch_options(dir);
     progress(opt.json, "booting " + guest_release(dir) + " under QEMU (" +
@@ -97,24 +130,66 @@ void run_demo(const DemoOptions& opt) {
     auto vm = launch_vm(launch);
     wait_for_ready(*vm, opt.json);
     std::string target = "qmp:" + vm->qmp_socket_path();
-    progress(opt.json, "hvpatch inspect " + target);
-    {
+    auto channel = GuestCommandChannel::connect(vm->command_socket_path(), Deadline(std::chrono::seconds(30)));
+    if (opt.inspect) {
+        progress(opt.json, "hvpatch inspect " + target);
         auto machine = open_machine(target);
         inspect_machine(*machine, opt.json);
         if (!opt.json) show_stacks(*machine);
     }
+    std::string patch = find_sample_patch(opt, guest_release(dir));
+    PatchOptions options;
+    // The demo's state and audit log live with the demo VM unless asked otherwise.
+    options.state_dir = global.state_dir.empty() ? vm->workdir() + "/state" : global.state_dir;
+    options.audit_log = global.audit_log.empty() ? vm->workdir() + "/audit.jsonl" : global.audit_log;
+    options.log = [&](const std::string& text) { progress(opt.json, text); };
+    nlohmann::json steps = nlohmann::json::array();
+
+    std::string before = guest_says(channel, "cat /proc/cmdline", opt.json, steps);
+    progress(opt.json, "hvpatch apply " + target + " " + patch);
+    auto machine = open_machine(target);
+    Patcher patcher(*machine, options);
+    OperationReport applied = patcher.apply(patch);
+    if (!opt.json)
+        std::printf("applied %s in %s: %d freeze(s), guest paused %s in total\n", applied.patch_name.c_str(),
+                    milliseconds(applied.total_time).c_str(), applied.freezes, milliseconds(applied.paused_total).c_str());
+    steps.push_back({{"hvpatch", "apply"}, {"report", applied.to_json()}});
+    std::string during = guest_says(channel, "cat /proc/cmdline", opt.json, steps);
+    progress(opt.json, "hvpatch revert " + target + " " + applied.patch_name);
+    OperationReport reverted = patcher.revert(applied.patch_name);
+    if (!opt.json)
+        std::printf("reverted %s in %s: %d freeze(s), guest paused %s in total\n", reverted.patch_name.c_str(),
+                    milliseconds(reverted.total_time).c_str(), reverted.freezes,
+                    milliseconds(reverted.paused_total).c_str());
+    steps.push_back({{"hvpatch", "revert"}, {"report", reverted.to_json()}});
+    std::string after = guest_says(channel, "cat /proc/cmdline", opt.json, steps);
+    machine.reset();
+
+    bool worked = during != before && after == before;
+    if (opt.json)
+        std::printf("%s\n", nlohmann::json({{"target", target}, {"patch", patch}, {"steps", steps},
+                                              {"audit_log", options.audit_log}, {"patched_output_differs", worked}})
+                                 .dump(2)
+                                 .c_str());
+    else
+        std::printf("audit log: %s\n", options.audit_log.c_str());
     progress(opt.json, "stopping the guest");
+    channel.close();
     vm->stop();
+    if (!worked)
+        throw Error(ErrorKind::Guest, "the patch did not show: /proc/cmdline read '" + during + "' while applied");
 }
 
 }  // namespace
 
-void add_demo_command(CLI::App& app) {
+void add_demo_command(CLI::App& app, const GlobalOptions& global) {
     auto opt = std::make_shared<DemoOptions>();
-    auto* cmd = app.add_subcommand("demo", "Boot the bundled test guest and show hvpatch at work on it");
+    auto* cmd = app.add_subcommand("demo", "Boot the bundled test guest, patch it live from the host, revert");
     cmd->add_option("--guest-dir", opt->guest_dir, "test guest made by scripts/build-test-guest");
-    cmd->add_flag("--json", opt->json, "Print the inspection as JSON");
-    cmd->callback([opt] { run_demo(*opt); });
+    cmd->add_option("--patch", opt->patch, "livepatch module to apply (default: the sample, built on demand)");
+    cmd->add_flag("--inspect", opt->inspect, "also show what hvpatch inspect and stack see");
+    cmd->add_flag("--json", opt->json, "JSON output");
+    cmd->callback([opt, &global] { run_demo(*opt, global); });
 }
 
 }  // namespace hvpatch::cli

@@ -8,12 +8,20 @@
 
 namespace hvpatch::cli {
 
+// Options of the hvpatch command itself (before or after the verb).
+struct GlobalOptions {
+    std::string audit_log;  // --audit-log, else $HVPATCH_AUDIT_LOG, else the default
+    std::string state_dir;  // --state-dir, else $HVPATCH_STATE_DIR, else /var/lib/hvpatch
+    int exit_code = 0;      // a verb's verdict that is not an error (check: would refuse)
+};
+
 void add_inspect_command(CLI::App& app);
 void add_read_command(CLI::App& app);
-void add_demo_command(CLI::App& app);
+void add_demo_command(CLI::App& app, const GlobalOptions& global);
 void add_sym_command(CLI::App& app);
 void add_ps_command(CLI::App& app);
 void add_stack_command(CLI::App& app);
+void add_patch_commands(CLI::App& app, GlobalOptions& global);  // check, apply, revert, status
 
 // The body of `hvpatch inspect`, also used by `hvpatch demo`.
 void inspect_machine(Machine& machine, bool json);

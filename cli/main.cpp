@@ -8,6 +8,7 @@
 
 #include "cli/commands.h"
 #include "hvpatch/error.h"
+#include "patch/audit_log.h"
 #include "vmm/interrupt.h"
 
 namespace hvpatch::cli {
@@ -28,13 +29,20 @@ int main(int argc, char** argv) {
 
     CLI::App app{"hvpatch — live-patch a running VM's Linux kernel from the host"};
     app.require_subcommand(1);
-    app.set_version_flag("--version", "hvpatch 0.1.0");
+    app.set_version_flag("--version", "hvpatch " + std::string(kHvpatchVersion));
     cli::add_inspect_command(app);
     cli::add_read_command(app);
     cli::add_sym_command(app);
     cli::add_ps_command(app);
     cli::add_stack_command(app);
-    cli::add_demo_command(app);
+    cli::GlobalOptions global;
+    cli::add_demo_command(app, global);
+    cli::add_patch_commands(app, global);
+    app.fallthrough();  // global options may follow the verb too
+    app.add_option("--audit-log", global.audit_log,
+                   "audit log (JSON Lines); default $HVPATCH_AUDIT_LOG or /var/log/hvpatch/audit.jsonl");
+    app.add_option("--state-dir", global.state_dir,
+                   "where hvpatch keeps what it applied; default $HVPATCH_STATE_DIR or /var/lib/hvpatch");
 
     bool json = false;
     for (int i = 1; i < argc; ++i)
@@ -59,5 +67,5 @@ int main(int argc, char** argv) {
         cli::report_error("internal", e.what(), json);
         return exit_code_for(ErrorKind::Internal);
     }
-    return 0;
+    return global.exit_code;
 }

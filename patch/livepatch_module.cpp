@@ -110,7 +110,7 @@ constexpr SpecialKind kSpecials[] = {
     {".return_sites", false, "return-thunk sites: patched as the guest's return mitigation"},
     {".orc_unwind", false, "ORC entries: kept so hvpatch can unwind through patch code"},
     {".orc_unwind_ip", false, "ORC addresses: kept so hvpatch can unwind through patch code"},
-    {"__bug_table", false, "BUG/WARN sites: kept (the guest reports them without the module's name)"},
+    {"__bug_table", false, "BUG sites kept (a BUG in patch code oopses as invalid opcode); WARN sites become NOPs (the guest knows no WARN entries of an unregistered module)"},
     {"__ex_table", false, ""},
     {".init.", true, "init-only: skipped (hvpatch never runs the module's init)"},
     {".exit.", true, "exit-only: skipped (hvpatch never runs the module's exit)"},
@@ -660,6 +660,8 @@ std::vector<PatchedFunction> LivepatchModule::patched_functions(const GuestLayou
             pf.object = object;
             pf.old_name = read_string(old_name, fname + " .old_name");
             pf.old_sympos = sympos;
+            pf.func_section = f.section;
+            pf.func_offset = f.offset;
             if (new_func.null) refuse(path_, label + " klp_func '" + pf.old_name + "' has no new_func");
             if (new_func.place) {
                 pf.new_func = symbol_at(*new_func.place);

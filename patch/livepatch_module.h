@@ -124,7 +124,15 @@ struct PatchedFunction {
     std::string old_name;        // klp_func.old_name
     std::uint64_t old_sympos = 0;  // klp_func.old_sympos (0 = the only one)
     std::string new_func;        // the module symbol klp_func.new_func points to
-    bool operator==(const PatchedFunction&) const = default;
+    // Where this klp_func lies in the module (section index, offset): a
+    // loader fills in klp_func.old_func there, as klp_init_func() does, for
+    // patch code that calls the old function through it.
+    std::size_t func_section = 0;
+    std::uint64_t func_offset = 0;
+    // What is patched, not where the description lies.
+    bool operator==(const PatchedFunction& o) const {
+        return object == o.object && old_name == o.old_name && old_sympos == o.old_sympos && new_func == o.new_func;
+    }
 };
 
 // A section whose contents a loader must handle deliberately.

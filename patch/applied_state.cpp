@@ -1,0 +1,201 @@
+#include "patch/applied_state.h"
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+
+#include "hvpatch/error.h"
+#include "patch/state_file.h"
+
+namespace hvpatch {
+
+namespace {
+
+using nlohmann::json;
+
+std::vector<std::uint8_t> hex_to_bytes(const std::string& text, const char* field) {
+    std::vector<std::uint8_t> bytes;
+    std::size_t i = 0;
+    while (i < text.size()) {
+        if (text[i] == ' ') {
+            ++i;
+            continue;
+        }
+        if (i + 2 > text.size()) throw Error(ErrorKind::Internal, std::string("state: bad hex in ") + field);
+        bytes.push_back(static_cast<std::uint8_t>(std::stoul(text.substr(i, 2), nullptr, 16)));
+        i += 2;
+    }
+    return bytes;
+}
+
+json function_to_json(const RedirectedFunction& f) {
+    return {{"object", f.object},
+            {"name", f.name},
+            {"sympos", f.sympos},
+            {"new_symbol", f.new_symbol},
+            {"entry", f.entry},
+            {"size", f.size},
+            {"site", f.site},
+            {"new_address", f.new_address},
+            {"new_size", f.new_size},
+            {"trampoline", f.trampoline},
+            {"original", bytes_to_hex(f.original)},
+            {"to_trampoline", bytes_to_hex(f.to_trampoline)},
+            {"to_new", bytes_to_hex(f.to_new)}};
+}
+
+RedirectedFunction function_from_json(const json& j) {
+    RedirectedFunction f;
+    f.object = j.at("object").get<std::string>();
+    f.name = j.at("name").get<std::string>();
+    f.sympos = j.at("sympos").get<std::uint64_t>();
+    f.new_symbol = j.at("new_symbol").get<std::string>();
+    f.entry = j.at("entry").get<std::uint64_t>();
+    f.size = j.at("size").get<std::uint64_t>();
+    f.site = j.at("site").get<std::uint64_t>();
+    f.new_address = j.at("new_address").get<std::uint64_t>();
+    f.new_size = j.at("new_size").get<std::uint64_t>();
+    f.trampoline = j.at("trampoline").get<std::uint64_t>();
+    f.original = hex_to_bytes(j.at("original").get<std::string>(), "original");
+    f.to_trampoline = hex_to_bytes(j.at("to_trampoline").get<std::string>(), "to_trampoline");
+    f.to_new = hex_to_bytes(j.at("to_new").get<std::string>(), "to_new");
+    return f;
+}
+
+}  // namespace
+
+const char* to_string(PatchPhase phase) {
+    switch (phase) {
+        case PatchPhase::Loading: return "loading";
+        case PatchPhase::Patching: return "patching";
+        case PatchPhase::Applied: return "applied";
+        case PatchPhase::Unpatching: return "unpatching";
+        case PatchPhase::Freeing: return "freeing";
+    }
+    return "?";
+}
+
+PatchPhase patch_phase_from_string(const std::string& text) {
+    for (PatchPhase p : {PatchPhase::Loading, PatchPhase::Patching, PatchPhase::Applied, PatchPhase::Unpatching,
+                         PatchPhase::Freeing})
+        if (text == to_string(p)) return p;
+    throw Error(ErrorKind::Internal, "state: unknown patch phase '" + text + "'");
+}
+
+AppliedPatch* VmState::find(const std::string& name) {
+    for (auto& patch : patches)
+        if (patch.name == name) return &patch;
+    return nullptr;
+}
+
+json to_json(const VmState& state) {
+    json patches = json::array();
+    for (const auto& p : state.patches) {
+        json functions = json::array();
+        for (const auto& f : p.functions) functions.push_back(function_to_json(f));
+        patches.push_back({{"name", p.name},
+                           {"sha256", p.sha256},
+                           {"module_path", p.module_path},
+                           {"phase", to_string(p.phase)},
+                           {"base", p.base},
+                           {"size", p.size},
+                           {"text_size", p.text_size},
+                           {"rodata_size", p.rodata_size},
+                           {"data_size", p.data_size},
+                           {"text_protected", p.text_protected},
+                           {"functions", functions},
+                           {"applied_at", p.applied_at},
+                           {"updated_at", p.updated_at}});
+    }
+    return {{"format", 1},
+            {"vm_key", state.vm_key},
+            {"vm_uuid", state.vm_uuid},
+            {"vm_name", state.vm_name},
+            {"target", state.target},
+            {"boot_id", state.boot_id},
+            {"kernel_release", state.kernel_release},
+            {"patches", patches}};
+}
+
+VmState vm_state_from_json(const json& j) {
+    try {
+        if (j.at("format").get<int>() != 1)
+            throw Error(ErrorKind::Internal, "state: unknown format " + j.at("format").dump());
+        VmState state;
+        state.vm_key = j.at("vm_key").get<std::string>();
+        state.vm_uuid = j.at("vm_uuid").get<std::string>();
+        state.vm_name = j.at("vm_name").get<std::string>();
+        state.target = j.at("target").get<std::string>();
+        state.boot_id = j.at("boot_id").get<std::string>();
+        state.kernel_release = j.at("kernel_release").get<std::string>();
+        for (const auto& pj : j.at("patches")) {
+            AppliedPatch p;
+            p.name = pj.at("name").get<std::string>();
+            p.sha256 = pj.at("sha256").get<std::string>();
+            p.module_path = pj.at("module_path").get<std::string>();
+            p.phase = patch_phase_from_string(pj.at("phase").get<std::string>());
+            p.base = pj.at("base").get<std::uint64_t>();
+            p.size = pj.at("size").get<std::uint64_t>();
+            p.text_size = pj.at("text_size").get<std::uint64_t>();
+            p.rodata_size = pj.at("rodata_size").get<std::uint64_t>();
+            p.data_size = pj.at("data_size").get<std::uint64_t>();
+            p.text_protected = pj.at("text_protected").get<bool>();
+            for (const auto& fj : pj.at("functions")) p.functions.push_back(function_from_json(fj));
+            p.applied_at = pj.at("applied_at").get<std::string>();
+            p.updated_at = pj.at("updated_at").get<std::string>();
+            state.patches.push_back(std::move(p));
+        }
+        return state;
+    } catch (const json::exception& e) {
+        throw Error(ErrorKind::Internal, std::string("state: malformed record: ") + e.what());
+    }
+}
+
+std::string vm_state_path(const std::string& state_dir, const std::string& vm_key) {
+    return state_dir + "/" + vm_key + ".json";
+}
+
+std::optional<VmState> load_vm_state(const std::string& state_dir, const std::string& vm_key) {
+    std::string path = vm_state_path(state_dir, vm_key);
+    auto json = read_json_file(path);
+    if (!json) return std::nullopt;
+    try {
+        return vm_state_from_json(*json);
+    } catch (const Error& e) {
+        throw Error(ErrorKind::Internal, path + ": " + e.what());
+    }
+}
+
+void save_vm_state(const std::string& state_dir, const VmState& state) {
+    std::string path = vm_state_path(state_dir, state.vm_key);
+    if (state.patches.empty()) {
+        std::error_code ec;
+        std::filesystem::remove(path, ec);
+        return;
+    }
+    write_json_atomically(path, to_json(state));
+}
+
+std::string bytes_to_hex(const std::vector<std::uint8_t>& bytes) {
+    std::string text;
+    char buffer[4];
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+        std::snprintf(buffer, sizeof buffer, "%02x", bytes[i]);
+        if (i) text += ' ';
+        text += buffer;
+    }
+    return text;
+}
+
+std::string utc_now_iso8601() {
+    auto now = std::chrono::system_clock::now();
+    std::time_t seconds = std::chrono::system_clock::to_time_t(now);
+    std::tm tm{};
+    gmtime_r(&seconds, &tm);
+    char buffer[32];
+    std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return buffer;
+}
+
+}  // namespace hvpatch

@@ -1,0 +1,970 @@
+#include "patch/patcher.h"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <thread>
+
+#include "guest-shim/trampoline.h"
+#include "hvpatch/error.h"
+#include "introspect/code_inspect.h"
+#include "introspect/guest_kernel.h"
+#include "introspect/modules.h"
+#include "introspect/tasks.h"
+#include "patch/audit_log.h"
+#include "patch/guest_call.h"
+#include "patch/guest_livepatch.h"
+#include "patch/kernel_write.h"
+#include "patch/livepatch_module.h"
+#include "patch/module_image.h"
+#include "patch/operation_lock.h"
+#include "patch/posix_file.h"
+#include "vmm/interrupt.h"
+
+namespace hvpatch {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+constexpr std::uint64_t kPage = 4096;
+
+std::vector<std::uint8_t> to_vector(std::span<const std::byte> bytes) {
+    std::vector<std::uint8_t> out(bytes.size());
+    std::memcpy(out.data(), bytes.data(), bytes.size());
+    return out;
+}
+
+std::span<const std::byte> as_span(const std::vector<std::uint8_t>& bytes) {
+    return std::as_bytes(std::span(bytes));
+}
+
+json blockers_json(const std::vector<TransitionBlocker>& blockers) {
+    json out = json::array();
+    for (const auto& b : blockers)
+        out.push_back({{"pid", b.pid}, {"comm", b.comm}, {"reason", b.reason}, {"frames", b.frames}});
+    return out;
+}
+
+json function_json(const RedirectedFunction& f) {
+    return {{"object", f.object},
+            {"name", f.name},
+            {"sympos", f.sympos},
+            {"address", hex(f.entry)},
+            {"site", hex(f.site)},
+            {"new_function", f.new_symbol},
+            {"new_address", hex(f.new_address)},
+            {"trampoline", hex(f.trampoline)},
+            {"bytes_before", bytes_to_hex(f.original)},
+            {"bytes_after", bytes_to_hex(f.to_new)}};
+}
+
+double ms(std::chrono::nanoseconds d) { return std::chrono::duration<double, std::milli>(d).count(); }
+std::int64_t us(std::chrono::nanoseconds d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); }
+
+}  // namespace
+
+std::string guest_boot_id(GuestKernel& kernel) {
+    std::string seed = std::to_string(kernel.info().kaslr_offset) + "\n" + kernel.info().banner + "\n";
+    if (auto canary = kernel.btf().find_member("task_struct", "stack_canary")) {
+        std::uint64_t value = kernel.memory().read_u64(GuestVirtAddr{kernel.symbol("init_task") + canary->offset});
+        seed += hex(value);
+    }
+    return sha256_hex(std::as_bytes(std::span(seed))).substr(0, 32);
+}
+
+// Everything one operation holds: the lock, the guest kernel, the state.
+struct Patcher::Session {
+    Machine& machine;
+    PatchOptions& options;
+    MachineIdentity id;
+    std::string state_dir;
+    std::unique_ptr<OperationLock> lock;
+    std::unique_ptr<GuestKernel> kernel;
+    std::unique_ptr<GuestLivepatch> livepatch;
+    std::unique_ptr<GuestCaller> caller;
+    std::string boot_id;
+    VmState state;
+    std::optional<VmState> stale;  // a record from an earlier boot
+    int freezes = 0;
+    std::chrono::nanoseconds paused_total{0}, paused_max{0};
+    Clock::time_point paused_since{};
+    bool frozen = false;
+    bool was_running = false;
+
+    Session(Machine& m, PatchOptions& o, std::string_view operation, bool take_lock) : machine(m), options(o) {
+        id = machine.identity();
+        state_dir = options.state_dir.empty() ? default_state_dir() : options.state_dir;
+        make_private_directories(state_dir);
+        if (take_lock)
+            lock = std::make_unique<OperationLock>(OperationLock::acquire(state_dir, id.key(), operation));
+        was_running = machine.run_state() == RunState::Running;
+        freeze();
+        kernel = GuestKernel::open(machine);
+        boot_id = guest_boot_id(*kernel);
+        auto loaded = load_vm_state(state_dir, id.key());
+        if (loaded && loaded->boot_id != boot_id) {
+            stale = std::move(loaded);
+            loaded.reset();
+        }
+        if (loaded) {
+            state = std::move(*loaded);
+        } else {
+            state.vm_key = id.key();
+            state.vm_uuid = id.uuid;
+            state.vm_name = id.name;
+            state.target = id.target;
+            state.boot_id = boot_id;
+            state.kernel_release = kernel->info().release;
+        }
+    }
+
+    ~Session() {
+        // On errors too: the VM goes back to the run state it was found in.
+        IgnoreInterrupts ignore;
+        try {
+            if (was_running) thaw();
+            else freeze();
+        } catch (...) {
+        }
+    }
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
+
+    void say(const std::string& text) const {
+        if (options.log) options.log(text);
+    }
+
+    void freeze() {
+        if (frozen) return;
+        machine.pause();
+        frozen = true;
+        ++freezes;
+        paused_since = Clock::now();
+        if (kernel) kernel->memory().clear_cache();
+    }
+    // Guest calls and transitions need the guest to run, also one an
+    // operator had paused: it is paused again when the session ends.
+    void thaw() {
+        if (!frozen) return;
+        auto d = Clock::now() - paused_since;
+        paused_total += d;
+        paused_max = std::max<std::chrono::nanoseconds>(paused_max, d);
+        frozen = false;
+        machine.resume();
+    }
+    // A guest call runs the guest; the caller leaves it paused again.
+    GuestCaller& call() {
+        freeze();
+        if (!caller) caller = std::make_unique<GuestCaller>(*kernel);
+        // The call runs the guest: the pause so far ends here.
+        auto d = Clock::now() - paused_since;
+        paused_total += d;
+        paused_max = std::max<std::chrono::nanoseconds>(paused_max, d);
+        return *caller;
+    }
+    // The caller leaves the guest paused again after its call(s).
+    void after_call() {
+        // The call ran the guest: what was read before is stale.
+        kernel->memory().clear_cache();
+        ++freezes;
+        paused_since = Clock::now();
+    }
+    GuestLivepatch& klp() {
+        if (!livepatch) livepatch = std::make_unique<GuestLivepatch>(*kernel);
+        return *livepatch;
+    }
+    void save(AppliedPatch& patch) {
+        patch.updated_at = utc_now_iso8601();
+        save_vm_state(state_dir, state);
+    }
+    void forget(const std::string& name) {
+        std::erase_if(state.patches, [&](const AppliedPatch& p) { return p.name == name; });
+        save_vm_state(state_dir, state);
+    }
+    std::vector<std::uint8_t> read_guest(std::uint64_t address, std::size_t size) {
+        return to_vector(kernel->memory().read_bytes(GuestVirtAddr{address}, size));
+    }
+    void write_guest(std::uint64_t address, const std::vector<std::uint8_t>& bytes) {
+        write_kernel_memory(*kernel, address, as_span(bytes));
+    }
+
+    json audit_base(const std::string& operation) const {
+        return {{"operation", operation},
+                {"vm", {{"key", id.key()}, {"uuid", id.uuid}, {"name", id.name}, {"target", id.target}}},
+                {"kernel", {{"release", kernel ? kernel->info().release : ""}, {"boot_id", boot_id}}}};
+    }
+    void audit(json record) {
+        // Integers only: the audit chain hashes a canonical text, which floats would make fragile.
+        record["pauses"] = {{"freezes", freezes}, {"total_us", us(paused_total)}, {"max_us", us(paused_max)}};
+        std::string path = options.audit_log.empty() ? default_audit_log_path() : options.audit_log;
+        AuditLog(path).append(std::move(record));
+    }
+};
+
+namespace {
+
+// Resolves a klp_func's old function in the guest and looks at its entry.
+FunctionPlan plan_function(GuestKernel& kernel, const PatchedFunction& pf) {
+    FunctionPlan plan;
+    RedirectedFunction& f = plan.function;
+    f.object = pf.object.empty() ? "vmlinux" : pf.object;
+    f.name = pf.old_name;
+    f.sympos = pf.old_sympos;
+    f.new_symbol = pf.new_func;
+    std::vector<KernelSymbol> candidates;
+    if (f.object == "vmlinux") {
+        candidates = kernel.symbols().find_all(f.name);
+    } else {
+        auto modules = list_modules(kernel);
+        auto it = std::find_if(modules.begin(), modules.end(), [&](const GuestModule& m) { return m.name == f.object; });
+        if (it == modules.end()) {
+            plan.refusal = "object " + f.object + " is not loaded in the guest (hvpatch patches loaded objects only)";
+            return plan;
+        }
+        for (auto& sym : module_symbols(kernel, *it))
+            if (sym.name == f.name && (sym.type == 't' || sym.type == 'T')) candidates.push_back(sym);
+        std::sort(candidates.begin(), candidates.end(),
+                  [](const KernelSymbol& a, const KernelSymbol& b) { return a.address < b.address; });
+    }
+    std::erase_if(candidates, [](const KernelSymbol& s) { return s.type != 't' && s.type != 'T'; });
+    if (candidates.empty()) {
+        plan.refusal = "function " + f.name + " not found in " + f.object + " of the guest";
+        return plan;
+    }
+    if (f.sympos == 0 && candidates.size() > 1) {
+        plan.refusal = "function " + f.name + " is ambiguous in " + f.object + " (" +
+                       std::to_string(candidates.size()) + " matches) and the patch gives no old_sympos";
+        return plan;
+    }
+    if (f.sympos > candidates.size()) {
+        plan.refusal = "function " + f.name + " has no position " + std::to_string(f.sympos) + " in " + f.object +
+                       " (" + std::to_string(candidates.size()) + " matches)";
+        return plan;
+    }
+    f.entry = candidates[f.sympos == 0 ? 0 : f.sympos - 1].address.value;
+    if (f.object == "vmlinux") {
+        if (auto resolved = kernel.symbols().resolve(GuestVirtAddr{f.entry})) f.size = resolved->size;
+    } else {
+        auto modules = ModuleSymbolResolver::for_kernel(kernel);
+        if (auto resolved = modules.resolve(f.entry)) f.size = resolved->size;
+    }
+    if (f.size == 0) f.size = 1;
+    auto head = kernel.memory().read_bytes(GuestVirtAddr{f.entry}, 16);
+    EntryKind kind = classify_entry(head, f.entry);
+    plan.entry_kind = kind.description;
+    if (!kind.ftrace_nop()) {
+        plan.refusal = "entry of " + f.name + " at " + hex(f.entry) + " is not the ftrace NOP: " + kind.description;
+        return plan;
+    }
+    f.site = kind.patch_site;
+    f.original = to_vector(std::span(head).subspan(f.site - f.entry, 5));
+    return plan;
+}
+
+std::vector<std::uint32_t> cpu_capabilities(GuestKernel& kernel) {
+    auto member = kernel.btf().member("cpuinfo_x86", "x86_capability");
+    std::uint64_t base = kernel.symbol("boot_cpu_data") + member.offset;
+    std::vector<std::uint32_t> words(member.size / 4);
+    for (std::size_t i = 0; i < words.size(); ++i) words[i] = kernel.memory().read_u32(GuestVirtAddr{base + 4 * i});
+    return words;
+}
+
+GuestLinkFacts link_facts(GuestKernel& kernel) {
+    GuestLinkFacts facts;
+    auto modules = std::make_shared<std::vector<GuestModule>>(list_modules(kernel));
+    facts.resolve = [&kernel, modules](const std::string& object, const std::string& name,
+                                       std::uint64_t sympos) -> std::optional<std::uint64_t> {
+        if (object.empty() || object == "vmlinux") {
+            auto all = kernel.symbols().find_all(name);
+            if (object.empty()) {
+                // An ordinary undefined symbol: the unique one, or the one
+                // global among several (the exported kind).
+                if (all.size() == 1) return all[0].address.value;
+                std::optional<std::uint64_t> global;
+                for (const auto& s : all)
+                    if (std::isupper(static_cast<unsigned char>(s.type))) {
+                        if (global) return std::nullopt;
+                        global = s.address.value;
+                    }
+                if (global || !object.empty()) return global;
+                for (const auto& m : *modules)
+                    for (const auto& s : module_symbols(kernel, m))
+                        if (s.name == name && std::isupper(static_cast<unsigned char>(s.type))) return s.address.value;
+                return std::nullopt;
+            }
+            if (sympos == 0) return all.size() == 1 ? std::optional(all[0].address.value) : std::nullopt;
+            if (sympos > all.size()) return std::nullopt;
+            return all[sympos - 1].address.value;
+        }
+        for (const auto& m : *modules) {
+            if (m.name != object) continue;
+            std::vector<std::uint64_t> found;
+            for (const auto& s : module_symbols(kernel, m))
+                if (s.name == name) found.push_back(s.address.value);
+            std::sort(found.begin(), found.end());
+            if (sympos == 0) return found.size() == 1 ? std::optional(found[0]) : std::nullopt;
+            if (sympos > found.size()) return std::nullopt;
+            return found[sympos - 1];
+        }
+        return std::nullopt;
+    };
+    facts.cpu_capabilities = cpu_capabilities(kernel);
+    facts.read_u32 = [&kernel](std::uint64_t address) -> std::optional<std::uint32_t> {
+        try {
+            return kernel.memory().read_u32(GuestVirtAddr{address});
+        } catch (const Error&) {
+            return std::nullopt;
+        }
+    };
+    facts.object_loaded = [modules](const std::string& object) {
+        if (object == "vmlinux") return true;
+        return std::any_of(modules->begin(), modules->end(), [&](const GuestModule& m) { return m.name == object; });
+    };
+    return facts;
+}
+
+std::vector<CheckedFunction> old_functions(const AppliedPatch& patch) {
+    std::vector<CheckedFunction> out;
+    for (const auto& f : patch.functions) out.push_back({f.name, f.entry, f.entry + f.size});
+    return out;
+}
+std::vector<CheckedFunction> new_functions(const AppliedPatch& patch) {
+    std::vector<CheckedFunction> out;
+    for (const auto& f : patch.functions)
+        out.push_back({f.new_symbol, f.new_address, f.new_address + std::max<std::uint64_t>(f.new_size, 1)});
+    // Trampolines: a task preempted inside one is inside the patch.
+    for (const auto& f : patch.functions)
+        out.push_back({"trampoline of " + f.name, f.trampoline, f.trampoline + shim::trampoline_size()});
+    return out;
+}
+
+}  // namespace
+
+Patcher::Patcher(Machine& machine, PatchOptions options) : machine_(machine), options_(std::move(options)) {}
+Patcher::~Patcher() = default;
+
+namespace {
+
+constexpr int kTaskInterruptible = 1;  // TASK_INTERRUPTIBLE
+
+// The last resort of a transition, as klp_send_signals() does it: a fake
+// signal (TIF_NOTIFY_SIGNAL + wake-up) for user tasks, a wake-up for
+// kthreads. The woken task returns through the kernel exit, where
+// klp_update_patch_state() switches it; an interrupted syscall restarts.
+void wake_blockers(Patcher::Session& s, const std::vector<TransitionBlocker>& blockers);
+
+}  // namespace
+
+struct TransitionDriver {
+    Patcher::Session& s;
+    int passes = 0;
+    Clock::time_point started = Clock::now();
+    std::chrono::nanoseconds time{0};
+
+    // Passes towards `target` until every task switched or `deadline`.
+    // Frozen on entry and on return.
+    TransitionPass run(int target, const std::vector<CheckedFunction>& checked, Clock::time_point deadline,
+                       const char* direction) {
+        const auto start = Clock::now();
+        bool signalled = false;
+        for (;;) {
+            throw_if_interrupted(std::string("the ") + direction + " transition (state kept: see hvpatch status)");
+            s.freeze();
+            TransitionPass pass = run_transition_pass(*s.kernel, s.klp(), target, checked);
+            ++passes;
+            if (s.options.progress) {
+                TransitionProgress p{direction, passes, pass.tasks, pass.remaining, pass.blockers,
+                                     std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start)};
+                s.options.progress(p);
+            }
+            if (pass.complete() || Clock::now() >= deadline) {
+                time += Clock::now() - start;
+                return pass;
+            }
+            if (!signalled && Clock::now() - start >= s.options.signal_after) {
+                s.say("waking " + std::to_string(pass.blockers.size()) + " blocking task(s) as klp_send_signals does");
+                wake_blockers(s, pass.blockers);
+                signalled = true;
+            }
+            s.thaw();
+            std::this_thread::sleep_for(s.options.pass_interval);
+        }
+    }
+};
+
+namespace {
+
+void wake_blockers(Patcher::Session& s, const std::vector<TransitionBlocker>& blockers) {
+    const auto& flags_field = s.kernel->layouts().task.thread_info_flags;
+    for (const auto& b : blockers) {
+        s.freeze();
+        if (!b.kthread) {
+            std::uint64_t address = b.task + flags_field.offset;
+            std::uint64_t flags = s.kernel->memory().read_u64(GuestVirtAddr{address});
+            write_kernel_value(*s.kernel, address, flags | (std::uint64_t{1} << kTifNotifySignal));
+        }
+        s.call().call("wake_up_state", {b.task, static_cast<std::uint64_t>(kTaskInterruptible)});
+        s.after_call();
+    }
+}
+
+std::string describe_blockers(const std::vector<TransitionBlocker>& blockers) {
+    std::string text;
+    std::size_t shown = 0;
+    for (const auto& b : blockers) {
+        if (shown++ == 8) {
+            text += "; and " + std::to_string(blockers.size() - 8) + " more";
+            break;
+        }
+        if (!text.empty()) text += "; ";
+        text += "pid " + std::to_string(b.pid) + " (" + b.comm + ") " + b.reason;
+    }
+    return text;
+}
+
+void verify_sites(Patcher::Session& s, const AppliedPatch& patch,
+                  std::vector<std::uint8_t> RedirectedFunction::*expected, const char* what) {
+    for (const auto& f : patch.functions) {
+        auto now = s.read_guest(f.site, 5);
+        if (now != f.*expected)
+            throw Error(ErrorKind::Guest, "entry of " + f.name + " at " + hex(f.site) + " holds " + bytes_to_hex(now) +
+                                              ", expected " + what + " (" + bytes_to_hex(f.*expected) +
+                                              "): something else changed it; hvpatch stops here");
+    }
+}
+
+void write_sites(Patcher::Session& s, const AppliedPatch& patch, std::vector<std::uint8_t> RedirectedFunction::*bytes) {
+    for (const auto& f : patch.functions) s.write_guest(f.site, f.*bytes);
+}
+
+// Frees the guest memory of a patch no task can be in any more, and forgets it.
+void free_patch(Patcher::Session& s, AppliedPatch& patch) {
+    if (patch.phase != PatchPhase::Loading) {
+        patch.phase = PatchPhase::Freeing;
+        s.save(patch);
+    }
+    if (patch.base) {
+        auto& caller = s.call();
+        if (patch.text_protected) {
+            caller.set_memory_nx(patch.base, static_cast<int>(patch.text_size / kPage));
+            caller.set_memory_rw(patch.base, static_cast<int>((patch.text_size + patch.rodata_size) / kPage));
+        }
+        caller.module_memfree(patch.base);
+        s.after_call();
+    }
+    s.forget(patch.name);
+}
+
+// Ends an unpatch transition that completed: waits (bounded) for a freeze
+// in which no task is inside the patch memory, restores the original bytes
+// in it, clears the per-task state, then frees the memory.
+void finish_unpatch(Patcher::Session& s, AppliedPatch& patch, Clock::time_point deadline) {
+    for (;;) {
+        s.freeze();
+        auto inside = tasks_inside(*s.kernel, patch.base, patch.base + patch.size);
+        if (inside.empty()) break;
+        if (Clock::now() >= deadline)
+            throw Error(ErrorKind::Timeout, "tasks are still inside the patch memory of " + patch.name + ": " +
+                                                describe_blockers(inside) + "; state kept, run hvpatch revert again");
+        s.thaw();
+        std::this_thread::sleep_for(s.options.pass_interval);
+    }
+    verify_sites(s, patch, &RedirectedFunction::to_trampoline, "the jump to hvpatch's trampoline");
+    write_sites(s, patch, &RedirectedFunction::original);
+    clear_transition_state(*s.kernel, s.klp());
+    free_patch(s, patch);
+}
+
+// Ends a patch transition that completed: direct jumps, per-task state cleared.
+void finish_patch(Patcher::Session& s, AppliedPatch& patch) {
+    s.freeze();
+    verify_sites(s, patch, &RedirectedFunction::to_trampoline, "the jump to hvpatch's trampoline");
+    write_sites(s, patch, &RedirectedFunction::to_new);
+    clear_transition_state(*s.kernel, s.klp());
+    patch.phase = PatchPhase::Applied;
+    s.save(patch);
+}
+
+}  // namespace
+
+OperationReport Patcher::apply(const std::string& module_path, bool resume) {
+    const auto t0 = Clock::now();
+    Session s(machine_, options_, "apply", true);
+    OperationReport report;
+    report.operation = "apply";
+    json record = s.audit_base(resume ? "apply --resume" : "apply");
+    bool touched = false;
+    AppliedPatch* patch = nullptr;
+    try {
+        LivepatchModule module = LivepatchModule::open(module_path);
+        report.patch_name = module.name();
+        report.sha256 = module.sha256();
+        record["patch"] = {{"name", module.name()}, {"sha256", module.sha256()}, {"path", module_path}};
+        patch = s.state.find(module.name());
+        if (patch && !resume)
+            throw Error(ErrorKind::Usage, "patch " + module.name() + " is already on " + s.id.target + " (" +
+                                              to_string(patch->phase) + ")" +
+                                              (patch->phase == PatchPhase::Applied ? "" : ": finish it with `hvpatch apply --resume` or `hvpatch revert`"));
+        if (!patch && resume) throw Error(ErrorKind::Usage, "no interrupted apply of " + module.name() + " to resume on " + s.id.target);
+        if (patch && patch->sha256 != module.sha256())
+            throw Error(ErrorKind::Usage, module_path + " is not the module being applied (sha256 " + patch->sha256 + ")");
+        if (patch && patch->phase != PatchPhase::Loading && patch->phase != PatchPhase::Patching)
+            throw Error(ErrorKind::Usage, "patch " + module.name() + " is " + to_string(patch->phase) +
+                                              ": nothing to resume (use hvpatch revert)");
+        if (patch && patch->phase == PatchPhase::Loading) {
+            s.say("an interrupted load left guest memory at " + hex(patch->base) + ": freeing it, then starting over");
+            free_patch(s, *patch);
+            patch = nullptr;
+        }
+        if (!patch) {
+            if (!options_.force_vermagic) module.check_compatible(s.kernel->info().release);
+            module.check_supported();
+            if (!s.kernel->layouts().livepatch)
+                throw Error(ErrorKind::Guest, "guest BTF lacks the livepatch structures (klp_patch/klp_object/klp_func)");
+            auto wanted = module.patched_functions(*s.kernel->layouts().livepatch);
+            std::vector<RedirectedFunction> functions;
+            std::string refusals;
+            for (const auto& pf : wanted) {
+                FunctionPlan plan = plan_function(*s.kernel, pf);
+                for (const auto& other : s.state.patches)
+                    for (const auto& f : other.functions)
+                        if (plan.function.entry && f.entry == plan.function.entry)
+                            plan.refusal = pf.old_name + " is already redirected by hvpatch patch " + other.name;
+                if (!plan.refusal.empty()) refusals += (refusals.empty() ? "" : "; ") + plan.refusal;
+                functions.push_back(plan.function);
+            }
+            if (!refusals.empty()) throw Error(ErrorKind::Guest, module_path + ": " + refusals);
+            GuestLivepatch& klp = s.klp();
+            if (klp.guest_transition_in_progress())
+                throw Error(ErrorKind::Guest, "the guest's own livepatch is in a transition; try again later");
+            if (int t = klp.target_state(); t != kKlpUndefined)
+                throw Error(ErrorKind::Guest, "klp_target_state is " + std::to_string(t) +
+                                                  ": a livepatch transition is in progress in the guest");
+
+            const std::uint64_t tsize = shim::trampoline_size();
+            ModuleLayout layout = plan_module_layout(module, tsize * functions.size());
+            s.say("allocating " + std::to_string(layout.total_size()) + " bytes of guest module memory");
+            std::uint64_t base = s.call().module_alloc(layout.total_size());
+            s.after_call();
+            touched = true;
+            AppliedPatch fresh;
+            fresh.name = module.name();
+            fresh.sha256 = module.sha256();
+            fresh.module_path = module_path;
+            fresh.base = base;
+            fresh.size = layout.total_size();
+            fresh.text_size = layout.text_size;
+            fresh.rodata_size = layout.rodata_size;
+            fresh.data_size = layout.data_size;
+            fresh.applied_at = utc_now_iso8601();
+            s.state.patches.push_back(fresh);
+            patch = &s.state.patches.back();
+            s.save(*patch);
+            try {
+                s.freeze();
+                ModuleImage image = link_module(module, base, tsize * functions.size(), link_facts(*s.kernel));
+                report.loader_actions = image.actions;
+                // klp_func.old_func, as klp_init_func() sets it: patch code
+                // may call the old function through it (example 3 does).
+                const auto& func_layout = s.kernel->layouts().livepatch->func;
+                for (std::size_t i = 0; i < functions.size(); ++i) {
+                    auto section = image.layout.section_offset.find(wanted[i].func_section);
+                    if (section == image.layout.section_offset.end())
+                        throw Error(ErrorKind::Guest, "klp_func of " + wanted[i].old_name + " is in a section hvpatch does not load");
+                    std::uint64_t at = section->second + wanted[i].func_offset + func_layout.old_func.offset;
+                    if (func_layout.old_func.size != 8 || at + 8 > image.bytes.size())
+                        throw Error(ErrorKind::Internal, "klp_func.old_func of " + wanted[i].old_name + " lies outside the image");
+                    std::memcpy(image.bytes.data() + at, &functions[i].entry, 8);
+                }
+                for (const auto& w : image.warnings) s.say("warning: " + w);
+                for (std::size_t i = 0; i < functions.size(); ++i) {
+                    RedirectedFunction& f = functions[i];
+                    f.new_address = image.symbol_address(f.new_symbol);
+                    for (const auto& [name, begin, end] : image.functions)
+                        if (begin == f.new_address) f.new_size = end - begin;
+                    std::uint64_t offset = layout.extra_text_offset + i * tsize;
+                    f.trampoline = base + offset;
+                    auto blob = shim::build_trampoline({f.trampoline, klp.current_task_offset(), klp.patch_state_offset(),
+                                                        f.site + 5, f.new_address});
+                    std::copy(blob.begin(), blob.end(), image.bytes.begin() + static_cast<std::ptrdiff_t>(offset));
+                    auto to_trampoline = shim::jmp_rel32(f.site, f.trampoline);
+                    auto to_new = shim::jmp_rel32(f.site, f.new_address);
+                    f.to_trampoline = to_vector(to_trampoline);
+                    f.to_new = to_vector(to_new);
+                }
+                write_kernel_memory(*s.kernel, base, image.bytes);
+                auto back = s.kernel->memory().read_bytes(GuestVirtAddr{base}, image.bytes.size());
+                if (!std::equal(back.begin(), back.end(), image.bytes.begin()))
+                    throw Error(ErrorKind::Guest, "patch image written at " + hex(base) + " does not read back the same");
+                auto& caller = s.call();
+                caller.set_memory_ro(base, static_cast<int>(layout.text_size / kPage));
+                caller.set_memory_x(base, static_cast<int>(layout.text_size / kPage));
+                if (layout.rodata_size) caller.set_memory_ro(base + layout.text_size, static_cast<int>(layout.rodata_size / kPage));
+                s.after_call();
+                patch->text_protected = true;
+                patch->functions = functions;
+                s.save(*patch);
+
+                // The first freeze of the transition: the entries must still
+                // be what check saw (the guest ran during the calls).
+                s.freeze();
+                if (klp.guest_transition_in_progress() || klp.target_state() != kKlpUndefined)
+                    throw Error(ErrorKind::Guest, "a livepatch transition started in the guest meanwhile");
+                verify_sites(s, *patch, &RedirectedFunction::original, "the ftrace NOP");
+            } catch (...) {
+                IgnoreInterrupts ignore;
+                s.say("undoing the load");
+                free_patch(s, *patch);
+                throw;
+            }
+            patch->phase = PatchPhase::Patching;
+            s.save(*patch);
+            write_sites(s, *patch, &RedirectedFunction::to_trampoline);
+        }
+        report.base = patch->base;
+        report.size = patch->size;
+
+        TransitionDriver driver{s};
+        TransitionPass pass =
+            driver.run(kKlpPatched, old_functions(*patch), Clock::now() + options_.timeout, "patching");
+        report.outcome = "applied";
+        if (!pass.complete()) {
+            if (options_.force_switch) {
+                s.say("--force: switching " + std::to_string(pass.remaining) + " blocked task(s): " +
+                      describe_blockers(pass.blockers));
+                pass = run_transition_pass(*s.kernel, s.klp(), kKlpPatched, old_functions(*patch), PassMode::Force);
+                report.forced = pass.blockers;
+                report.outcome = "forced";
+            } else {
+                std::string why = "not every task switched within " + std::to_string(options_.timeout.count()) +
+                                  " ms: " + describe_blockers(pass.blockers);
+                record["blockers"] = blockers_json(pass.blockers);
+                s.say(why + "; rolling back");
+                patch->phase = PatchPhase::Unpatching;
+                s.save(*patch);
+                TransitionPass back =
+                    driver.run(kKlpUnpatched, new_functions(*patch), Clock::now() + options_.timeout, "unpatching");
+                if (!back.complete())
+                    throw Error(ErrorKind::Timeout, why + "; the rollback did not complete either (" +
+                                                        describe_blockers(back.blockers) +
+                                                        "); state kept: run hvpatch revert " + patch->name);
+                finish_unpatch(s, *patch, Clock::now() + options_.timeout);
+                report.outcome = "rolled-back";
+                report.passes = driver.passes;
+                record["outcome"] = "rolled-back";
+                record["error"] = why;
+                s.thaw();
+                s.audit(record);
+                throw Error(ErrorKind::Timeout, why + "; rolled back, the guest is as before");
+            }
+        }
+        finish_patch(s, *patch);
+        s.thaw();
+        report.functions = patch->functions;
+        report.passes = driver.passes;
+        report.transition_time = driver.time;
+    } catch (const Error& e) {
+        if (!record.contains("outcome")) {
+            IgnoreInterrupts ignore;
+            record["outcome"] = touched ? "failed" : "refused";
+            record["error"] = e.what();
+            try {
+                s.audit(record);
+            } catch (...) {
+            }
+        }
+        throw;
+    }
+    report.freezes = s.freezes;
+    report.paused_total = s.paused_total;
+    report.paused_max = s.paused_max;
+    report.total_time = Clock::now() - t0;
+    record["outcome"] = report.outcome;
+    record["functions"] = json::array();
+    for (const auto& f : report.functions) record["functions"].push_back(function_json(f));
+    record["memory"] = {{"base", hex(report.base)}, {"size", report.size}};
+    record["passes"] = report.passes;
+    if (!report.forced.empty()) record["forced"] = blockers_json(report.forced);
+    s.audit(record);
+    return report;
+}
+
+OperationReport Patcher::revert(const std::string& name) {
+    const auto t0 = Clock::now();
+    Session s(machine_, options_, "revert", true);
+    OperationReport report;
+    report.operation = "revert";
+    report.patch_name = name;
+    json record = s.audit_base("revert");
+    record["patch"] = {{"name", name}};
+    try {
+        AppliedPatch* patch = s.state.find(name);
+        if (!patch) {
+            if (s.stale && s.stale->find(name))
+                throw Error(ErrorKind::Guest, "the record of " + name + " on " + s.id.target +
+                                                  " is from an earlier boot of the guest: nothing of it is in the running kernel");
+            std::string applied;
+            for (const auto& p : s.state.patches) applied += (applied.empty() ? "" : ", ") + p.name;
+            throw Error(ErrorKind::Usage, "no patch " + name + " on " + s.id.target +
+                                              (applied.empty() ? " (nothing applied)" : " (applied: " + applied + ")"));
+        }
+        record["patch"] = {{"name", name}, {"sha256", patch->sha256}, {"path", patch->module_path}};
+        report.sha256 = patch->sha256;
+        report.base = patch->base;
+        report.size = patch->size;
+        report.functions = patch->functions;
+        TransitionDriver driver{s};
+        if (patch->phase == PatchPhase::Loading || patch->phase == PatchPhase::Freeing) {
+            free_patch(s, *patch);
+        } else {
+            if (patch->phase == PatchPhase::Applied) {
+                GuestLivepatch& klp = s.klp();
+                if (klp.guest_transition_in_progress() || klp.target_state() != kKlpUndefined)
+                    throw Error(ErrorKind::Guest, "a livepatch transition is in progress in the guest; try again later");
+                verify_sites(s, *patch, &RedirectedFunction::to_new, "the jump to the new function");
+                patch->phase = PatchPhase::Unpatching;
+                s.save(*patch);
+                write_sites(s, *patch, &RedirectedFunction::to_trampoline);
+            } else if (patch->phase == PatchPhase::Patching) {
+                patch->phase = PatchPhase::Unpatching;
+                s.save(*patch);
+            }
+            TransitionPass pass =
+                driver.run(kKlpUnpatched, new_functions(*patch), Clock::now() + options_.timeout, "unpatching");
+            report.outcome = "reverted";
+            if (!pass.complete()) {
+                if (options_.force_switch) {
+                    s.say("--force: switching " + std::to_string(pass.remaining) + " blocked task(s): " +
+                          describe_blockers(pass.blockers));
+                    pass = run_transition_pass(*s.kernel, s.klp(), kKlpUnpatched, new_functions(*patch), PassMode::Force);
+                    report.forced = pass.blockers;
+                    report.outcome = "forced";
+                } else {
+                    std::string why = "not every task switched back within " +
+                                      std::to_string(options_.timeout.count()) + " ms: " + describe_blockers(pass.blockers);
+                    record["blockers"] = blockers_json(pass.blockers);
+                    s.say(why + "; re-applying");
+                    patch->phase = PatchPhase::Patching;
+                    s.save(*patch);
+                    TransitionPass again =
+                        driver.run(kKlpPatched, old_functions(*patch), Clock::now() + options_.timeout, "patching");
+                    if (!again.complete())
+                        throw Error(ErrorKind::Timeout, why + "; re-applying did not complete either; state kept: "
+                                                              "run hvpatch revert " + name + " again");
+                    finish_patch(s, *patch);
+                    record["outcome"] = "revert-rolled-back";
+                    record["error"] = why;
+                    s.thaw();
+                    s.audit(record);
+                    throw Error(ErrorKind::Timeout, why + "; the patch stays applied");
+                }
+            }
+            finish_unpatch(s, *patch, Clock::now() + options_.timeout);
+        }
+        s.thaw();
+        if (report.outcome.empty()) report.outcome = "reverted";
+        report.passes = driver.passes;
+        report.transition_time = driver.time;
+    } catch (const Error& e) {
+        if (!record.contains("outcome")) {
+            IgnoreInterrupts ignore;
+            record["outcome"] = "failed";
+            record["error"] = e.what();
+            try {
+                s.audit(record);
+            } catch (...) {
+            }
+        }
+        throw;
+    }
+    report.freezes = s.freezes;
+    report.paused_total = s.paused_total;
+    report.paused_max = s.paused_max;
+    report.total_time = Clock::now() - t0;
+    record["outcome"] = report.outcome;
+    record["functions"] = json::array();
+    for (const auto& f : report.functions) record["functions"].push_back(function_json(f));
+    record["passes"] = report.passes;
+    if (!report.forced.empty()) record["forced"] = blockers_json(report.forced);
+    s.audit(record);
+    return report;
+}
+
+CheckReport Patcher::check(const std::string& module_path) {
+    Session s(machine_, options_, "check", false);
+    CheckReport report;
+    json record = s.audit_base("check");
+    try {
+        LivepatchModule module = LivepatchModule::open(module_path);
+        report.patch_name = module.name();
+        report.sha256 = module.sha256();
+        report.vermagic = module.vermagic();
+        report.guest_release = s.kernel->info().release;
+        record["patch"] = {{"name", module.name()}, {"sha256", module.sha256()}, {"path", module_path}};
+        auto note = [&](auto&& step) {
+            try {
+                step();
+            } catch (const Error& e) {
+                report.refusals.push_back(e.what());
+            }
+        };
+        if (!options_.force_vermagic) note([&] { module.check_compatible(report.guest_release); });
+        note([&] { module.check_supported(); });
+        for (const auto& special : module.special_sections())
+            report.special_sections.push_back(special.name + ": " + special.handling);
+        if (auto* existing = s.state.find(module.name()))
+            report.refusals.push_back("patch " + module.name() + " is already on this VM (" +
+                                      to_string(existing->phase) + ")");
+        std::vector<CheckedFunction> checked;
+        if (!s.kernel->layouts().livepatch) {
+            report.refusals.push_back("guest BTF lacks the livepatch structures");
+        } else {
+            note([&] {
+                for (const auto& pf : module.patched_functions(*s.kernel->layouts().livepatch)) {
+                    FunctionPlan plan = plan_function(*s.kernel, pf);
+                    if (!plan.refusal.empty()) report.refusals.push_back(plan.refusal);
+                    if (plan.function.entry)
+                        checked.push_back({plan.function.name, plan.function.entry,
+                                           plan.function.entry + plan.function.size});
+                    report.functions.push_back(std::move(plan));
+                }
+            });
+        }
+        note([&] {
+            GuestLivepatch& klp = s.klp();
+            report.guest_transition = klp.guest_transition_in_progress() || klp.target_state() != kKlpUndefined;
+            if (report.guest_transition) report.refusals.push_back("a livepatch transition is in progress in the guest");
+            TransitionPass pass = run_transition_pass(*s.kernel, klp, kKlpPatched, checked, PassMode::DryRun);
+            report.tasks = pass.tasks;
+            report.blockers = pass.blockers;
+        });
+    } catch (const Error& e) {
+        report.refusals.push_back(e.what());
+    }
+    record["outcome"] = report.refusals.empty() ? "ok" : "would-refuse";
+    if (!report.refusals.empty()) record["refusals"] = report.refusals;
+    record["blockers"] = blockers_json(report.blockers);
+    s.audit(record);
+    return report;
+}
+
+StatusReport Patcher::status() {
+    Session s(machine_, options_, "status", false);
+    StatusReport report;
+    report.vm = s.id;
+    report.release = s.kernel->info().release;
+    report.boot_id = s.boot_id;
+    if (s.stale) {
+        report.stale = true;
+        report.stale_boot_id = s.stale->boot_id;
+    }
+    for (const auto& patch : s.state.patches) {
+        PatchStatus ps;
+        ps.patch = patch;
+        for (const auto& f : patch.functions) {
+            FunctionStatus fs{f, ""};
+            try {
+                auto now = s.read_guest(f.site, 5);
+                if (now == f.original) fs.entry_now = "original";
+                else if (now == f.to_trampoline) fs.entry_now = "trampoline";
+                else if (now == f.to_new) fs.entry_now = "direct";
+                else fs.entry_now = "unknown: " + bytes_to_hex(now);
+            } catch (const Error& e) {
+                fs.entry_now = std::string("unreadable: ") + e.what();
+            }
+            const char* expected = patch.phase == PatchPhase::Applied ? "direct"
+                                   : (patch.phase == PatchPhase::Patching || patch.phase == PatchPhase::Unpatching)
+                                       ? "trampoline"
+                                       : "original";
+            // A crash between the state write and the code write leaves the
+            // previous bytes: say so rather than call it broken.
+            if (fs.entry_now != expected) {
+                ps.consistent = false;
+                ps.note = "entry bytes do not match phase " + std::string(to_string(patch.phase)) +
+                          " (interrupted mid-step): apply --resume or revert finishes it";
+            }
+            ps.functions.push_back(fs);
+        }
+        report.patches.push_back(std::move(ps));
+    }
+    try {
+        GuestLivepatch& klp = s.klp();
+        report.klp_target_state = klp.target_state();
+        report.guest_transition = klp.guest_transition_in_progress();
+        for (const auto& task : list_tasks(*s.kernel)) {
+            ++report.tasks;
+            if (task.patch_pending()) ++report.tasks_pending;
+            if (task.patch_state == kKlpPatched) ++report.tasks_patched;
+            if (task.patch_state == kKlpUnpatched) ++report.tasks_unpatched;
+        }
+    } catch (const Error&) {
+        // A kernel without livepatch support: nothing to count.
+    }
+    return report;
+}
+
+nlohmann::json CheckReport::to_json() const {
+    json functions = json::array();
+    for (const auto& plan : this->functions) {
+        json f = function_json(plan.function);
+        f["entry"] = plan.entry_kind;
+        if (!plan.refusal.empty()) f["refusal"] = plan.refusal;
+        functions.push_back(f);
+    }
+    return {{"patch", patch_name},     {"sha256", sha256},       {"vermagic", vermagic},
+            {"guest_release", guest_release}, {"functions", functions}, {"special_sections", special_sections},
+            {"refusals", refusals},    {"ok", refusals.empty()}, {"tasks", tasks},
+            {"blockers", blockers_json(blockers)}, {"guest_transition", guest_transition}};
+}
+
+nlohmann::json OperationReport::to_json() const {
+    json fs = json::array();
+    for (const auto& f : functions) fs.push_back(function_json(f));
+    return {{"operation", operation},
+            {"patch", patch_name},
+            {"sha256", sha256},
+            {"outcome", outcome},
+            {"functions", fs},
+            {"memory", {{"base", hex(base)}, {"size", size}}},
+            {"passes", passes},
+            {"freezes", freezes},
+            {"paused_total_ms", ms(paused_total)},
+            {"paused_max_ms", ms(paused_max)},
+            {"transition_ms", ms(transition_time)},
+            {"total_ms", ms(total_time)},
+            {"forced", blockers_json(forced)},
+            {"loader_actions", loader_actions}};
+}
+
+nlohmann::json StatusReport::to_json() const {
+    json ps = json::array();
+    for (const auto& p : patches) {
+        json fs = json::array();
+        for (const auto& f : p.functions) {
+            json j = function_json(f.function);
+            j["entry_now"] = f.entry_now;
+            fs.push_back(j);
+        }
+        ps.push_back({{"name", p.patch.name},
+                      {"sha256", p.patch.sha256},
+                      {"phase", to_string(p.patch.phase)},
+                      {"memory", {{"base", hex(p.patch.base)}, {"size", p.patch.size}}},
+                      {"applied_at", p.patch.applied_at},
+                      {"updated_at", p.patch.updated_at},
+                      {"consistent", p.consistent},
+                      {"note", p.note},
+                      {"functions", fs}});
+    }
+    return {{"vm", {{"key", vm.key()}, {"uuid", vm.uuid}, {"name", vm.name}, {"target", vm.target}}},
+            {"kernel_release", release},
+            {"boot_id", boot_id},
+            {"stale", stale},
+            {"stale_boot_id", stale_boot_id},
+            {"patches", ps},
+            {"klp_target_state", klp_target_state},
+            {"guest_transition", guest_transition},
+            {"tasks", {{"total", tasks}, {"pending", tasks_pending}, {"patched", tasks_patched}, {"unpatched", tasks_unpatched}}}};
+}
+
+}  // namespace hvpatch

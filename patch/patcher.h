@@ -1,0 +1,130 @@
+// check / apply / revert / status of livepatch modules on one VM: the
+// loader, the redirections and the transition (DESIGN.md §1) put together.
+//
+// apply:  check the module against the guest → allocate guest memory with
+//         the guest's module_alloc (guest call) → link the module at that
+//         address on the host → write it, set page permissions (guest calls)
+//         → freeze: redirect each function's ftrace NOP to its trampoline,
+//         switch every clean task, mark the rest pending → passes until all
+//         tasks switched → freeze: direct jumps, per-task state cleared.
+// revert: the same transition backwards (direct jumps → trampolines → tasks
+//         switch back), then the original bytes, then the memory freed once
+//         no task's stack touches it.
+// Every step that changes the guest is recorded in the state file first
+// (applied_state.h) and every operation in the audit log.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "hvpatch/machine.h"
+#include "patch/applied_state.h"
+#include "patch/transition.h"
+
+namespace hvpatch {
+
+struct TransitionProgress {
+    std::string direction;  // "patching" / "unpatching"
+    int pass = 0;
+    std::size_t tasks = 0, remaining = 0;
+    std::vector<TransitionBlocker> blockers;
+    std::chrono::milliseconds elapsed{0};
+};
+
+struct PatchOptions {
+    std::string state_dir;  // "" = default_state_dir()
+    std::string audit_log;  // "" = default_audit_log_path()
+    bool force_vermagic = false;  // load a module built for another release
+    bool force_switch = false;    // at the timeout, switch the remaining tasks instead of rolling back
+    std::chrono::milliseconds timeout{60000};
+    std::chrono::milliseconds pass_interval{50};
+    // After this long, blocked sleepers are woken as klp_send_signals() does.
+    std::chrono::milliseconds signal_after{15000};
+    std::function<void(const TransitionProgress&)> progress;
+    std::function<void(const std::string&)> log;  // step messages for people
+};
+
+struct FunctionPlan {
+    RedirectedFunction function;  // filled as far as known before loading
+    std::string entry_kind;       // what is at the entry now
+    std::string refusal;          // why it cannot be patched ("" = it can)
+};
+
+struct CheckReport {
+    std::string patch_name, sha256, vermagic, guest_release;
+    std::vector<FunctionPlan> functions;
+    std::vector<std::string> special_sections;  // "name: handling"
+    std::vector<std::string> refusals;          // everything that would make apply refuse
+    std::vector<TransitionBlocker> blockers;    // tasks that would block right now
+    std::size_t tasks = 0;
+    bool guest_transition = false;
+    nlohmann::json to_json() const;
+};
+
+struct OperationReport {
+    std::string operation;  // apply / revert
+    std::string patch_name, sha256;
+    std::string outcome;    // applied / reverted / rolled-back / forced
+    std::vector<RedirectedFunction> functions;
+    int passes = 0, freezes = 0;
+    std::chrono::nanoseconds paused_total{0}, paused_max{0};
+    std::chrono::nanoseconds transition_time{0}, total_time{0};
+    std::vector<TransitionBlocker> forced;  // tasks switched by --force
+    std::uint64_t base = 0, size = 0;
+    std::vector<std::string> loader_actions;
+    nlohmann::json to_json() const;
+};
+
+struct FunctionStatus {
+    RedirectedFunction function;
+    std::string entry_now;  // "original" / "trampoline" / "direct" / "unknown: <bytes>"
+};
+struct PatchStatus {
+    AppliedPatch patch;
+    std::vector<FunctionStatus> functions;
+    bool consistent = true;  // the guest's bytes match what the phase says
+    std::string note;
+};
+struct StatusReport {
+    MachineIdentity vm;
+    std::string release, boot_id;
+    bool stale = false;  // the recorded state is from an earlier boot
+    std::string stale_boot_id;
+    std::vector<PatchStatus> patches;
+    int klp_target_state = -1;
+    bool guest_transition = false;
+    std::size_t tasks = 0, tasks_pending = 0, tasks_patched = 0, tasks_unpatched = 0;
+    nlohmann::json to_json() const;
+};
+
+class Patcher {
+public:
+    explicit Patcher(Machine& machine, PatchOptions options = {});
+    ~Patcher();
+
+    CheckReport check(const std::string& module_path);
+    // `resume`: continue an apply that was interrupted (state phase
+    // loading/patching).
+    OperationReport apply(const std::string& module_path, bool resume = false);
+    OperationReport revert(const std::string& name);
+    StatusReport status();
+
+    struct Session;  // one operation's lock, guest kernel and state (patcher.cpp)
+
+private:
+    Machine& machine_;
+    PatchOptions options_;
+};
+
+// A string that changes on every guest boot: SHA-256 over the KASLR
+// offset, init_task's stack canary (random per boot) and the banner.
+std::string guest_boot_id(class GuestKernel& kernel);
+
+}  // namespace hvpatch
