@@ -11,6 +11,7 @@
 
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -19,6 +20,7 @@
 #include "hvpatch/machine.h"
 #include "introspect/guest_kernel.h"
 #include "patch/livepatch_module.h"
+#include "support/example_patches.h"
 #include "support/run_command.h"
 #include "support/test_guest.h"
 
@@ -139,6 +141,34 @@ TEST_F(LivepatchModuleGuestTest, ListsItsSpecialSectionsAndIsSupported) {
     EXPECT_NO_THROW(m.check_supported());
     EXPECT_TRUE(m.klp_symbols().empty());
     EXPECT_TRUE(m.klp_rela_sections().empty());
+}
+
+// Every example module (examples/patches/README) decodes with the guest's
+// layouts to the functions it is documented to replace, and is supported.
+TEST_F(LivepatchModuleGuestTest, EveryExamplePatchDecodesAndIsSupported) {
+    const std::map<Example, std::vector<PatchedFunction>> expected = {
+        {Example::Cmdline, {{"", "cmdline_proc_show", 0, "livepatch_cmdline_proc_show"}}},
+        {Example::Sleeper, {{"", "do_nanosleep", 0, "livepatch_do_nanosleep"}}},
+        {Example::Prototype,
+         {{"", "proc_pid_statm", 0, "livepatch_proc_pid_statm"}, {"", "task_statm", 0, "livepatch_task_statm"}}},
+    };
+    for (const auto& example : example_patches()) {
+        SCOPED_TRACE(std::string(example.module));
+        auto m = LivepatchModule::open(example_patch_ko(example.id, guest_->release()));
+        EXPECT_EQ(m.name(), example.module);
+        EXPECT_EQ(m.modinfo_value("livepatch"), "Y");
+        EXPECT_EQ(m.vermagic_release(), guest_->release());
+        auto patched = m.patched_functions(*layouts_);
+        EXPECT_EQ(patched, expected.at(example.id));
+        ASSERT_EQ(patched.size(), example.replaced.size());
+        for (std::size_t i = 0; i < patched.size(); ++i) EXPECT_EQ(patched[i].old_name, example.replaced[i]);
+        std::ostringstream listed;
+        for (const auto& s : m.special_sections()) listed << " " << s.name;
+        std::cout << "[ info     ] " << example.module << " special sections:" << listed.str() << "\n";
+        EXPECT_NO_THROW(m.check_supported());
+        EXPECT_TRUE(m.klp_symbols().empty());
+        EXPECT_TRUE(m.klp_rela_sections().empty());
+    }
 }
 
 }  // namespace

@@ -1,11 +1,14 @@
 #include "support/test_guest.h"
 
+#include <cstdint>
 #include <map>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <thread>
 
 #include "hvpatch/error.h"
+#include "patch/livepatch_module.h"
 #include "support/run_command.h"
 
 namespace hvpatch::test {
@@ -22,6 +25,28 @@ std::string tail(const std::string& text, std::size_t max_bytes = 3000) {
 std::string trim(std::string text) {
     while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) text.pop_back();
     return text;
+}
+
+// RFC 4648 base64 with padding, no line breaks (what busybox base64 -d reads).
+std::string base64_encode(std::string_view bytes) {
+    static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    out.reserve((bytes.size() + 2) / 3 * 4);
+    std::size_t i = 0;
+    for (; i + 3 <= bytes.size(); i += 3) {
+        std::uint32_t v = static_cast<unsigned char>(bytes[i]) << 16 | static_cast<unsigned char>(bytes[i + 1]) << 8 |
+                          static_cast<unsigned char>(bytes[i + 2]);
+        for (int shift : {18, 12, 6, 0}) out += kAlphabet[(v >> shift) & 63];
+    }
+    if (std::size_t rest = bytes.size() - i) {
+        std::uint32_t v = static_cast<unsigned char>(bytes[i]) << 16;
+        if (rest == 2) v |= static_cast<unsigned char>(bytes[i + 1]) << 8;
+        out += kAlphabet[(v >> 18) & 63];
+        out += kAlphabet[(v >> 12) & 63];
+        out += rest == 2 ? kAlphabet[(v >> 6) & 63] : '=';
+        out += '=';
+    }
+    return out;
 }
 
 }  // namespace
@@ -135,6 +160,29 @@ std::string TestGuest::run_ok(const std::string& command, std::chrono::milliseco
         throw std::runtime_error("guest command `" + command + "` exited with status " +
                                  std::to_string(result.status) + ":\n" + result.output);
     return result.output;
+}
+
+void TestGuest::put_file(const std::string& guest_path, std::string_view bytes) {
+    if (guest_path.empty() || guest_path[0] != '/' || guest_path.back() == '/' ||
+        guest_path.find_first_of("\n\r'") != std::string::npos)
+        throw Error(ErrorKind::Usage, "put_file: the guest path must be absolute, name a file and have no quote or "
+                                      "line break: " + guest_path);
+    // One command line is one argv string for the guest's `sh -c` (at most
+    // 128 KiB); 48 KiB of base64 is ~3.5 s of serial input under TCG.
+    constexpr std::size_t kChunk = 48 * 1024;
+    const std::string encoded = base64_encode(bytes);
+    const std::string part = guest_shell_quote(guest_path + ".part");
+    const std::string b64 = guest_shell_quote(guest_path + ".part.b64");
+    run_ok("rm -f " + b64 + " && : > " + b64);
+    for (std::size_t at = 0; at < encoded.size(); at += kChunk)
+        run_ok("printf %s '" + encoded.substr(at, kChunk) + "' >> " + b64, std::chrono::seconds(60));
+    std::string sum = run_ok("base64 -d < " + b64 + " > " + part + " && rm -f " + b64 + " && chmod 0644 " + part +
+                             " && mv -f " + part + " " + guest_shell_quote(guest_path) + " && sha256sum " +
+                             guest_shell_quote(guest_path));
+    const std::string expected = sha256_hex(std::as_bytes(std::span(bytes.data(), bytes.size())));
+    if (sum.substr(0, 64) != expected)
+        throw Error(ErrorKind::Protocol, "put_file: the guest's " + guest_path + " (" + std::to_string(bytes.size()) +
+                                             " bytes sent) has sha256 " + trim(sum) + ", expected " + expected);
 }
 
 }  // namespace hvpatch::test

@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "vmm/launcher.h"
@@ -71,6 +72,15 @@ public:
     // run(), and returns the output if the status is 0; else throws
     // std::runtime_error naming the command, its status and its output.
     std::string run_ok(const std::string& command, std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
+    // Writes `bytes` to the guest file `guest_path` (absolute; replaced
+    // atomically, mode 0644): base64 over the command channel in chunks,
+    // decoded by the guest's busybox base64 -d, then checked with the
+    // guest's sha256sum. Input moves at ~14 KB/s under TCG (the channel's
+    // shell reads a byte at a time), so keep files small (a livepatch .ko
+    // without its debug info is ~10 KB). Throws Error(Usage) for a bad path,
+    // Error(Protocol) if the guest's copy differs, else what run() throws.
+    void put_file(const std::string& guest_path, std::string_view bytes);
 
     // The guest console (kernel messages and /init's output) so far.
     std::string console_log() const;
