@@ -456,10 +456,18 @@ void free_patch(Patcher::Session& s, AppliedPatch& patch) {
     s.forget(patch.name);
 }
 
+void run_before_finish(Patcher::Session& s) {
+    if (!s.options.before_finish) return;
+    s.thaw();
+    s.options.before_finish();
+    s.freeze();
+}
+
 // Ends an unpatch transition that completed: waits (bounded) for a freeze
 // in which no task is inside the patch memory, restores the original bytes
 // in it, clears the per-task state, then frees the memory.
 void finish_unpatch(Patcher::Session& s, AppliedPatch& patch, Clock::time_point deadline) {
+    run_before_finish(s);
     for (;;) {
         s.freeze();
         auto inside = tasks_inside(*s.kernel, patch.base, patch.base + patch.size);
@@ -478,6 +486,7 @@ void finish_unpatch(Patcher::Session& s, AppliedPatch& patch, Clock::time_point 
 
 // Ends a patch transition that completed: direct jumps, per-task state cleared.
 void finish_patch(Patcher::Session& s, AppliedPatch& patch) {
+    run_before_finish(s);
     s.freeze();
     verify_sites(s, patch, &RedirectedFunction::to_trampoline, "the jump to hvpatch's trampoline");
     write_sites(s, patch, &RedirectedFunction::to_new);

@@ -49,6 +49,10 @@ struct PatchOptions {
     std::chrono::milliseconds signal_after{15000};
     std::function<void(const TransitionProgress&)> progress;
     std::function<void(const std::string&)> log;  // step messages for people
+    // For benchmarks and tests: called once per apply or revert while the
+    // guest runs with every redirection on its trampoline, after the
+    // transition converged and before the final freeze. Not for operators.
+    std::function<void()> before_finish;
 };
 
 struct FunctionPlan {
