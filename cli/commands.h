@@ -19,8 +19,8 @@ void add_inspect_command(CLI::App& app);
 void add_read_command(CLI::App& app);
 void add_demo_command(CLI::App& app, const GlobalOptions& global);
 void add_sym_command(CLI::App& app);
-void add_ps_command(CLI::App& app);
-void add_stack_command(CLI::App& app);
+void add_ps_command(CLI::App& app, const GlobalOptions& global);
+void add_stack_command(CLI::App& app, const GlobalOptions& global);
 void add_patch_commands(CLI::App& app, GlobalOptions& global);  // check, apply, revert, status
 
 // The body of `hvpatch inspect`, also used by `hvpatch demo`.

@@ -33,9 +33,9 @@ int main(int argc, char** argv) {
     cli::add_inspect_command(app);
     cli::add_read_command(app);
     cli::add_sym_command(app);
-    cli::add_ps_command(app);
-    cli::add_stack_command(app);
     cli::GlobalOptions global;
+    cli::add_ps_command(app, global);
+    cli::add_stack_command(app, global);
     cli::add_demo_command(app, global);
     cli::add_patch_commands(app, global);
     app.fallthrough();  // global options may follow the verb too

@@ -31,7 +31,8 @@ std::optional<ResolvedFrame> TaskStack::wait_site() const {
 
 StackWalker::~StackWalker() = default;
 
-StackWalker::StackWalker(GuestKernel& kernel) : kernel_(kernel) {
+StackWalker::StackWalker(GuestKernel& kernel, std::vector<ForeignCode> foreign)
+    : kernel_(kernel), foreign_(std::move(foreign)) {
     const GuestLayouts& l = kernel.layouts();
     layouts_.pt_regs_size = l.regs.size;
     layouts_.regs_ip = l.regs.ip.offset;
@@ -69,6 +70,16 @@ StackWalker::StackWalker(GuestKernel& kernel) : kernel_(kernel) {
     // Module code unwinds with each module's own ORC tables.
     modules_ = std::make_unique<ModuleSymbolResolver>(ModuleSymbolResolver::for_kernel(kernel));
     add_module_orc_sources(*orc_, kernel.memory(), modules_->modules(), t.format);
+    for (const ForeignCode& code : foreign_) {
+        if (code.orc_entries == 0) continue;
+        ModuleOrcTables tables;
+        tables.ranges.push_back({code.text_begin, code.text_end});
+        tables.ip_table = GuestVirtAddr{code.orc_ip_table};
+        tables.orc_table = GuestVirtAddr{code.orc_table};
+        tables.num_entries = code.orc_entries;
+        tables.format = t.format;
+        orc_->add(make_module_orc(kernel.memory(), tables));
+    }
 
     ret_from_fork_ = kernel.find_symbol("ret_from_fork").value_or(0);
     // Code that rewrites return addresses on the stack (function-graph
@@ -87,6 +98,7 @@ StackWalker::StackWalker(GuestKernel& kernel) : kernel_(kernel) {
         text_ranges_.emplace_back(m.core.base, m.core.base + m.core.text_size);
         if (m.init.size) text_ranges_.emplace_back(m.init.base, m.init.base + m.init.text_size);
     }
+    for (const ForeignCode& code : foreign_) text_ranges_.emplace_back(code.text_begin, code.text_end);
     sched_begin_ = kernel.find_symbol("__sched_text_start").value_or(0);
     sched_end_ = kernel.find_symbol("__sched_text_end").value_or(0);
     lock_begin_ = kernel.find_symbol("__lock_text_start").value_or(0);
@@ -174,6 +186,15 @@ ResolvedFrame StackWalker::resolve(const StackFrame& frame) {
         r.offset = ip - res->symbol.address.value;
         r.size = res->size;
         r.module = std::move(res->symbol.module);
+    } else {
+        for (const ForeignCode& code : foreign_)
+            for (const auto& f : code.functions)
+                if (lookup >= f.begin && lookup < f.end) {
+                    r.symbol = f.name;
+                    r.offset = ip - f.begin;
+                    r.size = f.end - f.begin;
+                    r.module = code.name;
+                }
     }
     r.scheduler = (ip >= sched_begin_ && ip < sched_end_) || (ip >= lock_begin_ && ip < lock_end_);
     return r;

@@ -34,12 +34,26 @@ struct TaskStack {
     std::optional<ResolvedFrame> wait_site() const;
 };
 
+// Code in the guest that the guest does not know as a module: patch code
+// hvpatch loaded itself. Its text counts as kernel text, its own ORC tables
+// (in guest memory) unwind it, and its functions name its frames.
+struct ForeignCode {
+    std::string name;  // shown as the frame's module, e.g. "hvpatch:livepatch_sleeper"
+    std::uint64_t text_begin = 0, text_end = 0;  // [begin, end)
+    std::uint64_t orc_ip_table = 0, orc_table = 0, orc_entries = 0;
+    struct Function {
+        std::string name;
+        std::uint64_t begin = 0, end = 0;
+    };
+    std::vector<Function> functions;
+};
+
 class StackWalker {
 public:
     // Prepares ORC sources, per-CPU stacks and the vCPU ↔ CPU mapping from
     // the kernel of one freeze. Throws Error(Guest) when the guest lacks ORC
     // tables (a kernel built without CONFIG_UNWINDER_ORC).
-    explicit StackWalker(GuestKernel& kernel);
+    explicit StackWalker(GuestKernel& kernel, std::vector<ForeignCode> foreign = {});
     ~StackWalker();
 
     TaskStack unwind(const GuestTask& task);
@@ -58,6 +72,7 @@ private:
     std::uint64_t ret_from_fork_ = 0;
     std::vector<ReturnTrampoline> return_trampolines_;
     std::vector<std::pair<std::uint64_t, std::uint64_t>> text_ranges_;  // [begin, end) of kernel text
+    std::vector<ForeignCode> foreign_;
     std::uint64_t sched_begin_ = 0, sched_end_ = 0, lock_begin_ = 0, lock_end_ = 0;
     struct CpuStacks {
         std::uint64_t hardirq_stack_ptr = 0, cea_exception_stacks = 0, entry_stack = 0;

@@ -63,7 +63,32 @@ RedirectedFunction function_from_json(const json& j) {
     return f;
 }
 
+json code_to_json(const std::vector<AppliedPatch::Function>& code) {
+    json out = json::array();
+    for (const auto& f : code) out.push_back(json::array({f.name, f.begin, f.end}));
+    return out;
+}
+
 }  // namespace
+
+std::vector<ForeignCode> foreign_code_of(const VmState& state) {
+    std::vector<ForeignCode> out;
+    for (const auto& p : state.patches) {
+        if (!p.base || !p.text_size) continue;
+        ForeignCode code;
+        code.name = "hvpatch:" + p.name;
+        code.text_begin = p.base;
+        code.text_end = p.base + p.text_size;
+        code.orc_ip_table = p.orc_ip_table;
+        code.orc_table = p.orc_table;
+        code.orc_entries = p.orc_entries;
+        for (const auto& f : p.code) code.functions.push_back({f.name, f.begin, f.end});
+        for (const auto& f : p.functions)
+            if (f.trampoline) code.functions.push_back({"hvpatch_trampoline:" + f.name, f.trampoline, f.trampoline + 32});
+        out.push_back(std::move(code));
+    }
+    return out;
+}
 
 const char* to_string(PatchPhase phase) {
     switch (phase) {
@@ -104,6 +129,8 @@ json to_json(const VmState& state) {
                            {"rodata_size", p.rodata_size},
                            {"data_size", p.data_size},
                            {"text_protected", p.text_protected},
+                           {"orc", {{"ip_table", p.orc_ip_table}, {"table", p.orc_table}, {"entries", p.orc_entries}}},
+                           {"code", code_to_json(p.code)},
                            {"functions", functions},
                            {"applied_at", p.applied_at},
                            {"updated_at", p.updated_at}});
@@ -141,6 +168,11 @@ VmState vm_state_from_json(const json& j) {
             p.rodata_size = pj.at("rodata_size").get<std::uint64_t>();
             p.data_size = pj.at("data_size").get<std::uint64_t>();
             p.text_protected = pj.at("text_protected").get<bool>();
+            p.orc_ip_table = pj.at("orc").at("ip_table").get<std::uint64_t>();
+            p.orc_table = pj.at("orc").at("table").get<std::uint64_t>();
+            p.orc_entries = pj.at("orc").at("entries").get<std::uint64_t>();
+            for (const auto& cj : pj.at("code"))
+                p.code.push_back({cj.at(0).get<std::string>(), cj.at(1).get<std::uint64_t>(), cj.at(2).get<std::uint64_t>()});
             for (const auto& fj : pj.at("functions")) p.functions.push_back(function_from_json(fj));
             p.applied_at = pj.at("applied_at").get<std::string>();
             p.updated_at = pj.at("updated_at").get<std::string>();

@@ -15,6 +15,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "introspect/task_stacks.h"
+
 namespace hvpatch {
 
 struct RedirectedFunction {
@@ -51,6 +53,14 @@ struct AppliedPatch {
     std::uint64_t base = 0, size = 0;  // the guest allocation (module_alloc)
     std::uint64_t text_size = 0, rodata_size = 0, data_size = 0;
     bool text_protected = false;    // set_memory_ro/x done on text, ro on rodata
+    // The patch's own ORC tables in guest memory and its functions, so that
+    // hvpatch unwinds through patch code (the guest cannot: it does not know it).
+    std::uint64_t orc_ip_table = 0, orc_table = 0, orc_entries = 0;
+    struct Function {
+        std::string name;
+        std::uint64_t begin = 0, end = 0;
+    };
+    std::vector<Function> code;
     std::vector<RedirectedFunction> functions;
     std::string applied_at, updated_at;  // UTC ISO-8601
 };
@@ -73,6 +83,9 @@ std::string vm_state_path(const std::string& state_dir, const std::string& vm_ke
 std::optional<VmState> load_vm_state(const std::string& state_dir, const std::string& vm_key);
 // Writes atomically; removes the file when no patch is left.
 void save_vm_state(const std::string& state_dir, const VmState& state);
+
+// The patch code of `state`'s patches, for StackWalker.
+std::vector<ForeignCode> foreign_code_of(const VmState& state);
 
 std::string bytes_to_hex(const std::vector<std::uint8_t>& bytes);  // "0f 1f 44 00 00"
 std::string utc_now_iso8601();

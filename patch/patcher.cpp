@@ -73,6 +73,12 @@ std::string guest_boot_id(GuestKernel& kernel) {
     return sha256_hex(std::as_bytes(std::span(seed))).substr(0, 32);
 }
 
+std::vector<ForeignCode> applied_patch_code(Machine& machine, GuestKernel& kernel, const std::string& state_dir) {
+    auto state = load_vm_state(state_dir.empty() ? default_state_dir() : state_dir, machine.identity().key());
+    if (!state || state->boot_id != guest_boot_id(kernel)) return {};
+    return foreign_code_of(*state);
+}
+
 // Everything one operation holds: the lock, the guest kernel, the state.
 struct Patcher::Session {
     Machine& machine;
@@ -359,6 +365,7 @@ void wake_blockers(Patcher::Session& s, const std::vector<TransitionBlocker>& bl
 struct TransitionDriver {
     Patcher::Session& s;
     int passes = 0;
+    std::vector<TransitionBlocker> first_blockers;
     Clock::time_point started = Clock::now();
     std::chrono::nanoseconds time{0};
 
@@ -371,8 +378,9 @@ struct TransitionDriver {
         for (;;) {
             throw_if_interrupted(std::string("the ") + direction + " transition (state kept: see hvpatch status)");
             s.freeze();
-            TransitionPass pass = run_transition_pass(*s.kernel, s.klp(), target, checked);
-            ++passes;
+            TransitionPass pass =
+                run_transition_pass(*s.kernel, s.klp(), target, checked, PassMode::Switch, foreign_code_of(s.state));
+            if (++passes == 1) first_blockers = pass.blockers;
             if (s.options.progress) {
                 TransitionProgress p{direction, passes, pass.tasks, pass.remaining, pass.blockers,
                                      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start)};
@@ -470,7 +478,7 @@ void finish_unpatch(Patcher::Session& s, AppliedPatch& patch, Clock::time_point 
     run_before_finish(s);
     for (;;) {
         s.freeze();
-        auto inside = tasks_inside(*s.kernel, patch.base, patch.base + patch.size);
+        auto inside = tasks_inside(*s.kernel, patch.base, patch.base + patch.size, foreign_code_of(s.state));
         if (inside.empty()) break;
         if (Clock::now() >= deadline)
             throw Error(ErrorKind::Timeout, "tasks are still inside the patch memory of " + patch.name + ": " +
@@ -613,6 +621,10 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                 s.after_call();
                 patch->text_protected = true;
                 patch->functions = functions;
+                patch->orc_ip_table = image.orc_unwind_ip;
+                patch->orc_table = image.orc_unwind;
+                patch->orc_entries = image.orc_entries;
+                for (const auto& [name, begin, end] : image.functions) patch->code.push_back({name, begin, end});
                 s.save(*patch);
 
                 // The first freeze of the transition: the entries must still
@@ -634,7 +646,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
         report.base = patch->base;
         report.size = patch->size;
 
-        TransitionDriver driver{s};
+        TransitionDriver driver{s, 0, {}};
         TransitionPass pass =
             driver.run(kKlpPatched, old_functions(*patch), Clock::now() + options_.timeout, "patching");
         report.outcome = "applied";
@@ -642,7 +654,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
             if (options_.force_switch) {
                 s.say("--force: switching " + std::to_string(pass.remaining) + " blocked task(s): " +
                       describe_blockers(pass.blockers));
-                pass = run_transition_pass(*s.kernel, s.klp(), kKlpPatched, old_functions(*patch), PassMode::Force);
+                pass = run_transition_pass(*s.kernel, s.klp(), kKlpPatched, old_functions(*patch), PassMode::Force, foreign_code_of(s.state));
                 report.forced = pass.blockers;
                 report.outcome = "forced";
             } else {
@@ -672,6 +684,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
         s.thaw();
         report.functions = patch->functions;
         report.passes = driver.passes;
+        report.first_blockers = driver.first_blockers;
         report.transition_time = driver.time;
     } catch (const Error& e) {
         if (!record.contains("outcome")) {
@@ -694,6 +707,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
     for (const auto& f : report.functions) record["functions"].push_back(function_json(f));
     record["memory"] = {{"base", hex(report.base)}, {"size", report.size}};
     record["passes"] = report.passes;
+    record["blockers"] = blockers_json(report.first_blockers);
     if (!report.forced.empty()) record["forced"] = blockers_json(report.forced);
     s.audit(record);
     return report;
@@ -723,7 +737,7 @@ OperationReport Patcher::revert(const std::string& name) {
         report.base = patch->base;
         report.size = patch->size;
         report.functions = patch->functions;
-        TransitionDriver driver{s};
+        TransitionDriver driver{s, 0, {}};
         if (patch->phase == PatchPhase::Loading || patch->phase == PatchPhase::Freeing) {
             free_patch(s, *patch);
         } else {
@@ -746,7 +760,7 @@ OperationReport Patcher::revert(const std::string& name) {
                 if (options_.force_switch) {
                     s.say("--force: switching " + std::to_string(pass.remaining) + " blocked task(s): " +
                           describe_blockers(pass.blockers));
-                    pass = run_transition_pass(*s.kernel, s.klp(), kKlpUnpatched, new_functions(*patch), PassMode::Force);
+                    pass = run_transition_pass(*s.kernel, s.klp(), kKlpUnpatched, new_functions(*patch), PassMode::Force, foreign_code_of(s.state));
                     report.forced = pass.blockers;
                     report.outcome = "forced";
                 } else {
@@ -774,6 +788,7 @@ OperationReport Patcher::revert(const std::string& name) {
         s.thaw();
         if (report.outcome.empty()) report.outcome = "reverted";
         report.passes = driver.passes;
+        report.first_blockers = driver.first_blockers;
         report.transition_time = driver.time;
     } catch (const Error& e) {
         if (!record.contains("outcome")) {
@@ -795,6 +810,7 @@ OperationReport Patcher::revert(const std::string& name) {
     record["functions"] = json::array();
     for (const auto& f : report.functions) record["functions"].push_back(function_json(f));
     record["passes"] = report.passes;
+    record["blockers"] = blockers_json(report.first_blockers);
     if (!report.forced.empty()) record["forced"] = blockers_json(report.forced);
     s.audit(record);
     return report;
@@ -844,7 +860,8 @@ CheckReport Patcher::check(const std::string& module_path) {
             GuestLivepatch& klp = s.klp();
             report.guest_transition = klp.guest_transition_in_progress() || klp.target_state() != kKlpUndefined;
             if (report.guest_transition) report.refusals.push_back("a livepatch transition is in progress in the guest");
-            TransitionPass pass = run_transition_pass(*s.kernel, klp, kKlpPatched, checked, PassMode::DryRun);
+            TransitionPass pass =
+                run_transition_pass(*s.kernel, klp, kKlpPatched, checked, PassMode::DryRun, foreign_code_of(s.state));
             report.tasks = pass.tasks;
             report.blockers = pass.blockers;
         });
@@ -943,6 +960,7 @@ nlohmann::json OperationReport::to_json() const {
             {"transition_ms", ms(transition_time)},
             {"total_ms", ms(total_time)},
             {"forced", blockers_json(forced)},
+            {"blocked_at_first_pass", blockers_json(first_blockers)},
             {"loader_actions", loader_actions}};
 }
 

@@ -81,6 +81,7 @@ struct OperationReport {
     std::chrono::nanoseconds paused_total{0}, paused_max{0};
     std::chrono::nanoseconds transition_time{0}, total_time{0};
     std::vector<TransitionBlocker> forced;  // tasks switched by --force
+    std::vector<TransitionBlocker> first_blockers;  // who blocked at the first pass
     std::uint64_t base = 0, size = 0;
     std::vector<std::string> loader_actions;
     nlohmann::json to_json() const;
@@ -126,6 +127,11 @@ private:
     Machine& machine_;
     PatchOptions options_;
 };
+
+// The code of the patches hvpatch has applied to this boot of the guest
+// (from the state directory; empty when there is no current record), so
+// that stack listings unwind through it. The machine must be paused.
+std::vector<ForeignCode> applied_patch_code(Machine& machine, class GuestKernel& kernel, const std::string& state_dir);
 
 // A string that changes on every guest boot: SHA-256 over the KASLR
 // offset, init_task's stack canary (random per boot) and the banner.

@@ -35,7 +35,8 @@ bool has_no_stack(const GuestTask& task) { return task.stack_base == 0; }
 }  // namespace
 
 TransitionPass run_transition_pass(GuestKernel& kernel, GuestLivepatch& livepatch, int target,
-                                   const std::vector<CheckedFunction>& checked, PassMode mode) {
+                                   const std::vector<CheckedFunction>& checked, PassMode mode,
+                                   const std::vector<ForeignCode>& patch_code) {
     const auto start = std::chrono::steady_clock::now();
     if (target != kKlpPatched && target != kKlpUnpatched)
         throw Error(ErrorKind::Internal, "transition target must be patched or unpatched");
@@ -48,7 +49,7 @@ TransitionPass run_transition_pass(GuestKernel& kernel, GuestLivepatch& livepatc
 
     TransitionPass pass;
     std::vector<GuestTask> tasks = list_tasks(kernel);
-    StackWalker walker(kernel);
+    StackWalker walker(kernel, patch_code);
     pass.tasks = tasks.size();
     for (const GuestTask& task : tasks) {
         if (task.patch_state == target) {
@@ -85,10 +86,11 @@ void clear_transition_state(GuestKernel& kernel, GuestLivepatch& livepatch) {
     livepatch.set_target_state(kKlpUndefined);
 }
 
-std::vector<TransitionBlocker> tasks_inside(GuestKernel& kernel, std::uint64_t begin, std::uint64_t end) {
+std::vector<TransitionBlocker> tasks_inside(GuestKernel& kernel, std::uint64_t begin, std::uint64_t end,
+                                            const std::vector<ForeignCode>& patch_code) {
     std::vector<CheckedFunction> region = {{"patch memory", begin, end}};
     std::vector<TransitionBlocker> inside;
-    StackWalker walker(kernel);
+    StackWalker walker(kernel, patch_code);
     for (const GuestTask& task : list_tasks(kernel)) {
         if (has_no_stack(task)) continue;
         TaskStack stack = walker.unwind(task);

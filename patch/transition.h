@@ -9,7 +9,8 @@
 // functions; unpatching: the new ones); otherwise it gets
 // TIF_PATCH_PENDING (so it switches itself on its way out to user mode or
 // in the idle loop) and is reported as a blocker. The guest must be paused
-// for the whole pass.
+// for the whole pass. `patch_code` is code hvpatch loaded earlier (patches
+// applied, or the one in transition), which stacks unwind through.
 #pragma once
 
 #include <chrono>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "introspect/guest_kernel.h"
+#include "introspect/task_stacks.h"
 #include "patch/guest_livepatch.h"
 
 namespace hvpatch {
@@ -55,7 +57,8 @@ enum class PassMode {
     DryRun,  // change nothing; only report who would block
 };
 TransitionPass run_transition_pass(GuestKernel& kernel, GuestLivepatch& livepatch, int target,
-                                   const std::vector<CheckedFunction>& checked, PassMode mode = PassMode::Switch);
+                                   const std::vector<CheckedFunction>& checked, PassMode mode = PassMode::Switch,
+                                   const std::vector<ForeignCode>& patch_code = {});
 
 // Ends a completed transition as klp_complete_transition() does: every
 // task's patch_state back to KLP_UNDEFINED, TIF_PATCH_PENDING cleared,
@@ -64,6 +67,7 @@ void clear_transition_state(GuestKernel& kernel, GuestLivepatch& livepatch);
 
 // Every task whose stack is unreliable or has a frame in [begin, end):
 // before freeing patch memory nothing may still run in it. Guest paused.
-std::vector<TransitionBlocker> tasks_inside(GuestKernel& kernel, std::uint64_t begin, std::uint64_t end);
+std::vector<TransitionBlocker> tasks_inside(GuestKernel& kernel, std::uint64_t begin, std::uint64_t end,
+                                            const std::vector<ForeignCode>& patch_code = {});
 
 }  // namespace hvpatch
