@@ -213,6 +213,42 @@ TEST_F(PatchApplyTest, SleepersBlockTheTransitionUntilWokenThenSleepInTheNewCopy
     }
 }
 
+TEST_F(PatchApplyTest, TimeoutRollsBackAndNamesTheBlockers) {
+    const std::uint64_t entry = guest_symbol("do_nanosleep");
+    const std::string code_before = guest_bytes(entry, 64);
+    const std::string areas_before = vmalloc_areas();
+    // Sleepers never woken (--signal-after beyond the timeout): no convergence.
+    CommandResult r = hvpatch("apply", {example_patch_ko(Example::Sleeper, guest_->release()), "--timeout", "2",
+                                        "--signal-after", "600"});
+    EXPECT_EQ(r.exit_code, 3) << r.describe();  // timeout
+    EXPECT_NE(r.err.find("rolled back"), std::string::npos) << r.describe();
+    for (int pid : sleep_workload_pids(*guest_))
+        EXPECT_NE(r.err.find("pid " + std::to_string(pid) + " (sleep)"), std::string::npos) << r.describe();
+    EXPECT_EQ(guest_bytes(entry, 64), code_before);
+    EXPECT_EQ(vmalloc_areas(), areas_before);
+    json status = hvpatch_json("status", {});
+    EXPECT_TRUE(status["patches"].empty()) << status.dump(2);
+    EXPECT_EQ(status["klp_target_state"], -1);
+    EXPECT_EQ(status["tasks"]["pending"], 0);
+    auto records = read_audit_log(audit_log());
+    ASSERT_FALSE(records.empty());
+    EXPECT_EQ(records.back()["outcome"], "rolled-back");
+    EXPECT_FALSE(records.back()["blockers"].empty());
+}
+
+TEST_F(PatchApplyTest, ForceSwitchesTheBlockersLoudly) {
+    json applied = hvpatch_json("apply", {example_patch_ko(Example::Sleeper, guest_->release()), "--timeout", "2",
+                                          "--signal-after", "600", "--force"});
+    EXPECT_EQ(applied.value("outcome", ""), "forced") << applied.dump(2);
+    std::vector<int> forced;
+    for (const auto& b : applied["forced"]) forced.push_back(b["pid"].get<int>());
+    for (int pid : sleep_workload_pids(*guest_))
+        EXPECT_NE(std::find(forced.begin(), forced.end(), pid), forced.end()) << applied["forced"].dump(2);
+    EXPECT_EQ(read_audit_log(audit_log()).back()["outcome"], "forced");
+    json reverted = hvpatch_json("revert", {"livepatch_sleeper", "--signal-after", "2"});
+    EXPECT_EQ(reverted.value("outcome", ""), "reverted") << reverted.dump(2);
+}
+
 TEST_F(PatchApplyTest, PrototypeChangeNeverMixesCallerAndCalleeUnderLoad) {
     const std::string reference = start_proto_check(*guest_);
     const std::string ko = example_patch_ko(Example::Prototype, guest_->release());
