@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "hvpatch/error.h"
+#include "guest-shim/trampoline.h"
 #include "patch/state_file.h"
 
 namespace hvpatch {
@@ -84,7 +85,8 @@ std::vector<ForeignCode> foreign_code_of(const VmState& state) {
         code.orc_entries = p.orc_entries;
         for (const auto& f : p.code) code.functions.push_back({f.name, f.begin, f.end});
         for (const auto& f : p.functions)
-            if (f.trampoline) code.functions.push_back({"hvpatch_trampoline:" + f.name, f.trampoline, f.trampoline + 32});
+            if (f.trampoline) code.functions.push_back(
+                    {"hvpatch_trampoline:" + f.name, f.trampoline, f.trampoline + shim::trampoline_size()});
         out.push_back(std::move(code));
     }
     return out;

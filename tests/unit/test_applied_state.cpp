@@ -1,0 +1,118 @@
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "hvpatch/error.h"
+#include "patch/applied_state.h"
+
+namespace hvpatch {
+namespace {
+
+VmState sample_state() {
+    VmState state;
+    state.vm_key = "uuid-1b4e28ba-2fa1-41d2-883f-0016d3cca427";
+    state.vm_uuid = "1b4e28ba-2fa1-41d2-883f-0016d3cca427";
+    state.vm_name = "web-01";
+    state.target = "qmp:/run/vm.sock";
+    state.boot_id = "0123456789abcdef0123456789abcdef";
+    state.kernel_release = "6.1.0-56-amd64";
+    AppliedPatch p;
+    p.name = "livepatch_cmdline";
+    p.sha256 = std::string(64, 'a');
+    p.module_path = "/tmp/livepatch_cmdline.ko";
+    p.phase = PatchPhase::Patching;
+    p.base = 0xffffffffc0400000;
+    p.size = 3 * 4096;
+    p.text_size = 4096;
+    p.rodata_size = 4096;
+    p.data_size = 4096;
+    p.text_protected = true;
+    p.orc_ip_table = 0xffffffffc0401000;
+    p.orc_table = 0xffffffffc0401020;
+    p.orc_entries = 6;
+    p.code = {{"livepatch_cmdline_proc_show", 0xffffffffc0400030, 0xffffffffc040004f}};
+    RedirectedFunction f;
+    f.object = "vmlinux";
+    f.name = "cmdline_proc_show";
+    f.new_symbol = "livepatch_cmdline_proc_show";
+    f.entry = 0xffffffff81399d60;
+    f.size = 0x30;
+    f.site = 0xffffffff81399d64;
+    f.new_address = 0xffffffffc0400030;
+    f.new_size = 0x1f;
+    f.trampoline = 0xffffffffc0400060;
+    f.original = {0x0f, 0x1f, 0x44, 0x00, 0x00};
+    f.to_trampoline = {0xe9, 0xf7, 0x62, 0x06, 0x3f};
+    f.to_new = {0xe9, 0xc7, 0x62, 0x06, 0x3f};
+    p.functions = {f};
+    p.applied_at = p.updated_at = "2026-11-27T06:00:00Z";
+    state.patches = {p};
+    return state;
+}
+
+TEST(AppliedState, RoundTripsThroughJson) {
+    VmState state = sample_state();
+    VmState back = vm_state_from_json(to_json(state));
+    EXPECT_EQ(to_json(back), to_json(state));
+    ASSERT_EQ(back.patches.size(), 1u);
+    EXPECT_EQ(back.patches[0].phase, PatchPhase::Patching);
+    EXPECT_EQ(back.patches[0].functions[0].original, (std::vector<std::uint8_t>{0x0f, 0x1f, 0x44, 0x00, 0x00}));
+    EXPECT_EQ(back.patches[0].code[0].name, "livepatch_cmdline_proc_show");
+}
+
+TEST(AppliedState, EveryPhaseHasAName) {
+    for (PatchPhase p : {PatchPhase::Loading, PatchPhase::Patching, PatchPhase::Applied, PatchPhase::Unpatching,
+                         PatchPhase::Freeing})
+        EXPECT_EQ(patch_phase_from_string(to_string(p)), p);
+    EXPECT_THROW(patch_phase_from_string("half-applied"), Error);
+}
+
+TEST(AppliedState, MalformedRecordIsAnErrorNamingTheProblem) {
+    auto json = to_json(sample_state());
+    json["patches"][0].erase("base");
+    try {
+        vm_state_from_json(json);
+        FAIL() << "accepted a record without base";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("base"), std::string::npos) << e.what();
+    }
+    auto wrong = to_json(sample_state());
+    wrong["format"] = 2;
+    EXPECT_THROW(vm_state_from_json(wrong), Error);
+}
+
+TEST(AppliedState, SavedAtomicallyAndRemovedWhenEmpty) {
+    char tmpl[] = "/tmp/hvpatch-state-test.XXXXXX";
+    std::string dir = mkdtemp(tmpl);
+    VmState state = sample_state();
+    save_vm_state(dir, state);
+    auto loaded = load_vm_state(dir, state.vm_key);
+    ASSERT_TRUE(loaded.has_value());
+    EXPECT_EQ(to_json(*loaded), to_json(state));
+    state.patches.clear();
+    save_vm_state(dir, state);
+    EXPECT_FALSE(std::filesystem::exists(vm_state_path(dir, state.vm_key)));
+    EXPECT_FALSE(load_vm_state(dir, state.vm_key).has_value());
+    std::ofstream(vm_state_path(dir, state.vm_key)) << "{ not json";
+    EXPECT_THROW(load_vm_state(dir, state.vm_key), Error);
+    std::filesystem::remove_all(dir);
+}
+
+TEST(AppliedState, PatchCodeForTheUnwinderIncludesFunctionsAndTrampolines) {
+    auto code = foreign_code_of(sample_state());
+    ASSERT_EQ(code.size(), 1u);
+    EXPECT_EQ(code[0].name, "hvpatch:livepatch_cmdline");
+    EXPECT_EQ(code[0].text_begin, 0xffffffffc0400000u);
+    EXPECT_EQ(code[0].text_end, 0xffffffffc0401000u);
+    EXPECT_EQ(code[0].orc_entries, 6u);
+    ASSERT_EQ(code[0].functions.size(), 2u);
+    EXPECT_EQ(code[0].functions[0].name, "livepatch_cmdline_proc_show");
+    EXPECT_EQ(code[0].functions[1].begin, 0xffffffffc0400060u);
+}
+
+TEST(AppliedState, BytesPrintAsHex) { EXPECT_EQ(bytes_to_hex({0x0f, 0x1f, 0x44, 0x00, 0xe9}), "0f 1f 44 00 e9"); }
+
+}  // namespace
+}  // namespace hvpatch
