@@ -289,17 +289,23 @@ std::uint64_t GuestCaller::call(std::string_view function, std::initializer_list
 }
 
 std::uint64_t GuestCaller::call(std::uint64_t address, std::span<const std::uint64_t> args, std::string_view name) {
-    if (args.size() > 6)
-        throw Error(ErrorKind::Usage, "a guest call takes at most 6 integer arguments (" + std::to_string(args.size()) +
-                                          " given)");
+    GuestCallRequest request{address, std::string(name), std::vector<std::uint64_t>(args.begin(), args.end()), {}};
+    return call_sequence({request}).front();
+}
+
+std::vector<std::uint64_t> GuestCaller::call_sequence(const std::vector<GuestCallRequest>& requests) {
+    if (requests.empty()) return {};
+    for (const auto& r : requests)
+        if (r.args.size() > 6)
+            throw Error(ErrorKind::Usage, "a guest call takes at most 6 integer arguments (" +
+                                              std::to_string(r.args.size()) + " given)");
     const auto start = Clock::now();
     last_ = {};
-    last_.function = name.empty() ? hex(address) : std::string(name);
-    last_.address = address;
-    const std::string what = "guest call " + last_.function + "(";
-    std::string call_text = what;
-    for (std::size_t i = 0; i < args.size(); ++i) call_text += (i ? ", " : "") + hex_short(args[i]);
-    call_text += ")";
+    auto describe = [](const GuestCallRequest& r) {
+        std::string text = "guest call " + (r.name.empty() ? hex(r.address) : r.name) + "(";
+        for (std::size_t i = 0; i < r.args.size(); ++i) text += (i ? ", " : "") + hex_short(r.args[i]);
+        return text + ")";
+    };
 
     RunStateKeeper keep(machine_);
     machine_.pause();
@@ -315,63 +321,79 @@ std::uint64_t GuestCaller::call(std::uint64_t address, std::span<const std::uint
     // (the kernel is built for 8-byte stack alignment; 16-byte alignment, if
     // the entry had it, is kept too).
     const std::uint64_t call_rsp = saved.rsp - 16;
-    VcpuRegisters regs = saved;
-    std::array<std::uint64_t*, 6> arg_regs{&regs.rdi, &regs.rsi, &regs.rdx, &regs.rcx, &regs.r8, &regs.r9};
-    for (std::size_t i = 0; i < args.size(); ++i) *arg_regs[i] = args[i];
-    regs.rax = 0;
-    regs.rsp = call_rsp;
-    regs.rip = address;
-
     Breakpoints trap(machine_);
-    // Below the task's RSP: nothing lives there until the callee runs.
-    write_guest_u64(call_rsp, trap_);
     trap.set(trap_);
-    try {
-        machine_.write_registers(point.vcpu, regs);
-    } catch (...) {
-        // Put back what may have been written; the guest has not run yet.
-        machine_.write_registers(point.vcpu, with_gprs_of(machine_.read_registers(point.vcpu), saved));
-        throw;
-    }
-
+    // Where the borrowed task is now: the safe point, then the trap of the
+    // last return (on whichever vCPU it arrived).
+    int vcpu = point.vcpu;
+    VcpuRegisters here = saved;
+    std::vector<std::uint64_t> results;
     const auto call_start = Clock::now();
-    const auto deadline = call_start + options_.call_timeout;
-    std::optional<BreakpointHit> back;
-    VcpuRegisters at_trap;
-    while (!back) {
-        auto left = remaining(deadline);
-        if (left == 0ms) break;
-        // Every vCPU runs: the callee may send IPIs and wait for them.
-        auto hit = machine_.run_until_breakpoint(left);
-        if (!hit) continue;  // a stop that is not ours (or the timeout): go on until the deadline
-        at_trap = machine_.read_registers(hit->vcpu);
-        if (at_trap.rip != trap_ || at_trap.rsp != call_rsp + 8)
-            throw Error(ErrorKind::Guest,
-                        call_text + ": the trap at " + hex(trap_) + " was hit by an unexpected context on vCPU " +
-                            std::to_string(hit->vcpu) + " (RIP " + hex(at_trap.rip) + ", RSP " + hex(at_trap.rsp) +
-                            ", expected RSP " + hex(call_rsp + 8) + "). THE GUEST IS IN AN UNKNOWN STATE: the call " +
-                            "started on vCPU " + std::to_string(point.vcpu) + " (task " + hex(point.task) +
-                            ") has not returned and its registers were not restored");
-        back = hit;
+    for (const GuestCallRequest& request : requests) {
+        const std::string call_text = describe(request);
+        last_.function = request.name.empty() ? hex(request.address) : request.name;
+        last_.address = request.address;
+        // Further calls reuse the same borrowed task, at the trap, with the
+        // same checked stack: the callee returned with everything balanced.
+        VcpuRegisters regs = here;
+        std::array<std::uint64_t*, 6> arg_regs{&regs.rdi, &regs.rsi, &regs.rdx, &regs.rcx, &regs.r8, &regs.r9};
+        for (std::size_t i = 0; i < request.args.size(); ++i) *arg_regs[i] = request.args[i];
+        regs.rax = 0;
+        regs.rsp = call_rsp;
+        regs.rip = request.address;
+        // Below the task's RSP: nothing lives there until the callee runs.
+        write_guest_u64(call_rsp, trap_);
+        try {
+            machine_.write_registers(vcpu, regs);
+        } catch (...) {
+            // Put back what may have been written; the guest has not run yet.
+            machine_.write_registers(vcpu, with_gprs_of(machine_.read_registers(vcpu), saved));
+            throw;
+        }
+
+        const auto deadline = Clock::now() + options_.call_timeout;
+        std::optional<BreakpointHit> back;
+        VcpuRegisters at_trap;
+        while (!back) {
+            auto left = remaining(deadline);
+            if (left == 0ms) break;
+            // Every vCPU runs: the callee may send IPIs and wait for them.
+            auto hit = machine_.run_until_breakpoint(left);
+            if (!hit) continue;  // a stop that is not ours (or the timeout): go on until the deadline
+            at_trap = machine_.read_registers(hit->vcpu);
+            if (at_trap.rip != trap_ || at_trap.rsp != call_rsp + 8)
+                throw Error(ErrorKind::Guest,
+                            call_text + ": the trap at " + hex(trap_) + " was hit by an unexpected context on vCPU " +
+                                std::to_string(hit->vcpu) + " (RIP " + hex(at_trap.rip) + ", RSP " + hex(at_trap.rsp) +
+                                ", expected RSP " + hex(call_rsp + 8) + "). THE GUEST IS IN AN UNKNOWN STATE: the call " +
+                                "started on vCPU " + std::to_string(vcpu) + " (task " + hex(point.task) +
+                                ") has not returned and its registers were not restored");
+            back = hit;
+        }
+        if (!back) {
+            trap.clear();
+            throw Error(ErrorKind::Timeout,
+                        call_text + " did not return within " + seconds_text(options_.call_timeout) +
+                            ". THE GUEST IS IN AN UNKNOWN STATE: task " + hex(point.task) + " (called from " +
+                            point.entry + " on vCPU " + std::to_string(point.vcpu) +
+                            ") is still inside the callee; its registers were not restored and when it returns it " +
+                            "runs into int3 padding at " + hex(trap_) + " and oopses. This should not happen; " +
+                            "inspect the guest (hvpatch stack --all) before doing anything else");
+        }
+        // The return may arrive on another vCPU (the task migrated).
+        vcpu = back->vcpu;
+        here = at_trap;
+        results.push_back(at_trap.rax);
+        last_.result = at_trap.rax;
+        if (request.stop_unless && !request.stop_unless(at_trap.rax)) break;
     }
     last_.call_time = Clock::now() - call_start;
     trap.clear();
-    if (!back)
-        throw Error(ErrorKind::Timeout,
-                    call_text + " did not return within " + seconds_text(options_.call_timeout) +
-                        ". THE GUEST IS IN AN UNKNOWN STATE: task " + hex(point.task) + " (called from " +
-                        point.entry + " on vCPU " + std::to_string(point.vcpu) +
-                        ") is still inside the callee; its registers were not restored and when it returns it " +
-                        "runs into int3 padding at " + hex(trap_) + " and oopses. This should not happen; " +
-                        "inspect the guest (hvpatch stack --all) before doing anything else");
-
-    // The return may arrive on another vCPU (the task migrated): restore there.
-    last_.return_vcpu = back->vcpu;
-    last_.result = at_trap.rax;
-    machine_.write_registers(back->vcpu, with_gprs_of(at_trap, saved));
+    last_.return_vcpu = vcpu;
+    machine_.write_registers(vcpu, with_gprs_of(here, saved));
     kernel_.memory().clear_cache();
     last_.total = Clock::now() - start;
-    return last_.result;
+    return results;
 }
 
 std::uint64_t GuestCaller::module_alloc(std::uint64_t size) {
@@ -407,5 +429,47 @@ void GuestCaller::set_memory_x(std::uint64_t addr, int pages) { set_memory("set_
 void GuestCaller::set_memory_nx(std::uint64_t addr, int pages) { set_memory("set_memory_nx", addr, pages); }
 
 void GuestCaller::module_memfree(std::uint64_t addr) { call("module_memfree", {addr}); }
+
+namespace {
+
+bool returned_zero(std::uint64_t rc) { return static_cast<std::uint32_t>(rc) == 0; }
+
+void check_sequence(const std::vector<GuestCallRequest>& requests, const std::vector<std::uint64_t>& results) {
+    for (std::size_t i = 0; i < results.size(); ++i) {
+        if (!requests[i].stop_unless || requests[i].stop_unless(results[i])) continue;
+        const auto& r = requests[i];
+        throw Error(ErrorKind::Guest, r.name + "(" + hex(r.args.at(0)) + ", " + std::to_string(r.args.at(1)) +
+                                          ") returned " + std::to_string(static_cast<std::int32_t>(results[i])) +
+                                          " in the guest");
+    }
+}
+
+}  // namespace
+
+void GuestCaller::protect_module(std::uint64_t base, int text_pages, int rodata_pages) {
+    auto request = [&](const char* name, std::uint64_t addr, int pages) {
+        return GuestCallRequest{kernel_.symbols().require(name).address.value, name,
+                                {addr, static_cast<std::uint64_t>(pages)}, returned_zero};
+    };
+    std::vector<GuestCallRequest> requests = {request("set_memory_ro", base, text_pages),
+                                              request("set_memory_x", base, text_pages)};
+    if (rodata_pages > 0) requests.push_back(request("set_memory_ro", base + 4096ULL * text_pages, rodata_pages));
+    check_sequence(requests, call_sequence(requests));
+}
+
+void GuestCaller::unprotect_and_free_module(std::uint64_t base, int text_pages, int rodata_pages,
+                                            bool protected_before) {
+    auto request = [&](const char* name, std::uint64_t addr, int pages) {
+        return GuestCallRequest{kernel_.symbols().require(name).address.value, name,
+                                {addr, static_cast<std::uint64_t>(pages)}, returned_zero};
+    };
+    std::vector<GuestCallRequest> requests;
+    if (protected_before) {
+        requests.push_back(request("set_memory_nx", base, text_pages));
+        requests.push_back(request("set_memory_rw", base, text_pages + rodata_pages));
+    }
+    requests.push_back({kernel_.symbols().require("module_memfree").address.value, "module_memfree", {base}, {}});
+    check_sequence(requests, call_sequence(requests));
+}
 
 }  // namespace hvpatch

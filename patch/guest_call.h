@@ -40,6 +40,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <initializer_list>
 #include <span>
@@ -82,6 +83,15 @@ struct GuestCallReport {
     std::chrono::nanoseconds total{0};            // the whole call() including set-up and restore
 };
 
+// One call of a sequence made at a single safe point.
+struct GuestCallRequest {
+    std::uint64_t address = 0;
+    std::string name;  // for messages
+    std::vector<std::uint64_t> args;
+    // If set and false for the result, the sequence stops after this call.
+    std::function<bool(std::uint64_t)> stop_unless;
+};
+
 class GuestCaller {
 public:
     // Borrows `kernel` (and its machine) for the caller's lifetime. Finds and
@@ -97,6 +107,12 @@ public:
     // when the callee does not return in time (guest state unknown).
     std::uint64_t call(std::string_view function, std::initializer_list<std::uint64_t> args);
     std::uint64_t call(std::uint64_t address, std::span<const std::uint64_t> args, std::string_view name = {});
+    // Several calls on one borrowed task at one safe point: after each
+    // return (at the trap, on whichever vCPU) the next call starts there, and
+    // only after the last one are the task's registers restored. Saves a
+    // safe-point wait per call. Returns the results of the calls made (fewer
+    // than requested if a stop_unless said stop). Errors as call().
+    std::vector<std::uint64_t> call_sequence(const std::vector<GuestCallRequest>& requests);
 
     // module_alloc(size): the address, checked to be non-zero, inside the
     // module area [MODULES_VADDR, MODULES_END) of this kernel and within
@@ -108,6 +124,13 @@ public:
     void set_memory_rw(std::uint64_t addr, int pages);
     void set_memory_x(std::uint64_t addr, int pages);
     void set_memory_nx(std::uint64_t addr, int pages);
+    // Page permissions of a loaded patch in one call sequence: text RO+X,
+    // rodata RO (data stays RW+NX as module_alloc made it). Error(Guest)
+    // naming the first set_memory_* that did not return 0 (the later ones
+    // are not made).
+    void protect_module(std::uint64_t base, int text_pages, int rodata_pages);
+    // The reverse, then module_memfree(base): text NX, text+rodata RW, free.
+    void unprotect_and_free_module(std::uint64_t base, int text_pages, int rodata_pages, bool protected_before);
     // module_memfree(addr) (returns nothing).
     void module_memfree(std::uint64_t addr);
 

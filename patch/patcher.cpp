@@ -453,12 +453,8 @@ void free_patch(Patcher::Session& s, AppliedPatch& patch) {
         s.save(patch);
     }
     if (patch.base) {
-        auto& caller = s.call();
-        if (patch.text_protected) {
-            caller.set_memory_nx(patch.base, static_cast<int>(patch.text_size / kPage));
-            caller.set_memory_rw(patch.base, static_cast<int>((patch.text_size + patch.rodata_size) / kPage));
-        }
-        caller.module_memfree(patch.base);
+        s.call().unprotect_and_free_module(patch.base, static_cast<int>(patch.text_size / kPage),
+                                           static_cast<int>(patch.rodata_size / kPage), patch.text_protected);
         s.after_call();
     }
     s.forget(patch.name);
@@ -614,12 +610,12 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                 auto back = s.kernel->memory().read_bytes(GuestVirtAddr{base}, image.bytes.size());
                 if (!std::equal(back.begin(), back.end(), image.bytes.begin()))
                     throw Error(ErrorKind::Guest, "patch image written at " + hex(base) + " does not read back the same");
-                auto& caller = s.call();
-                caller.set_memory_ro(base, static_cast<int>(layout.text_size / kPage));
-                caller.set_memory_x(base, static_cast<int>(layout.text_size / kPage));
-                if (layout.rodata_size) caller.set_memory_ro(base + layout.text_size, static_cast<int>(layout.rodata_size / kPage));
-                s.after_call();
+                // Recorded first: undoing a half-done protection must unprotect.
                 patch->text_protected = true;
+                s.save(*patch);
+                s.call().protect_module(base, static_cast<int>(layout.text_size / kPage),
+                                        static_cast<int>(layout.rodata_size / kPage));
+                s.after_call();
                 patch->functions = functions;
                 patch->orc_ip_table = image.orc_unwind_ip;
                 patch->orc_table = image.orc_unwind;
