@@ -108,6 +108,9 @@ struct Patcher::Session {
         freeze();
         kernel = GuestKernel::open(machine);
         boot_id = guest_boot_id(*kernel);
+        // What follows reads only kernel text and static data until a step
+        // freezes again for a consistent view: keep the pause short.
+        if (was_running) thaw();
         auto loaded = load_vm_state(state_dir, id.key());
         if (loaded && loaded->boot_id != boot_id) {
             stale = std::move(loaded);
@@ -575,7 +578,6 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
             patch = &s.state.patches.back();
             s.save(*patch);
             try {
-                s.freeze();
                 ModuleImage image = link_module(module, base, tsize * functions.size(), link_facts(*s.kernel));
                 report.loader_actions = image.actions;
                 // klp_func.old_func, as klp_init_func() sets it: patch code
@@ -606,6 +608,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                     f.to_trampoline = to_vector(to_trampoline);
                     f.to_new = to_vector(to_new);
                 }
+                s.freeze();
                 write_kernel_memory(*s.kernel, base, image.bytes);
                 auto back = s.kernel->memory().read_bytes(GuestVirtAddr{base}, image.bytes.size());
                 if (!std::equal(back.begin(), back.end(), image.bytes.begin()))
@@ -738,6 +741,7 @@ OperationReport Patcher::revert(const std::string& name) {
             free_patch(s, *patch);
         } else {
             if (patch->phase == PatchPhase::Applied) {
+                s.freeze();
                 GuestLivepatch& klp = s.klp();
                 if (klp.guest_transition_in_progress() || klp.target_state() != kKlpUndefined)
                     throw Error(ErrorKind::Guest, "a livepatch transition is in progress in the guest; try again later");
@@ -853,6 +857,7 @@ CheckReport Patcher::check(const std::string& module_path) {
             });
         }
         note([&] {
+            s.freeze();
             GuestLivepatch& klp = s.klp();
             report.guest_transition = klp.guest_transition_in_progress() || klp.target_state() != kKlpUndefined;
             if (report.guest_transition) report.refusals.push_back("a livepatch transition is in progress in the guest");
@@ -881,6 +886,7 @@ StatusReport Patcher::status() {
         report.stale = true;
         report.stale_boot_id = s.stale->boot_id;
     }
+    s.freeze();
     for (const auto& patch : s.state.patches) {
         PatchStatus ps;
         ps.patch = patch;
