@@ -835,7 +835,14 @@ CheckReport Patcher::check(const std::string& module_path) {
             }
         };
         if (!options_.force_vermagic) note([&] { module.check_compatible(report.guest_release); });
+        const std::size_t refusals_before = report.refusals.size();
         note([&] { module.check_supported(); });
+        // apply's layout step refuses sections the guest's loader would
+        // hand to a subsystem hvpatch does not register with, and unknown
+        // SHF_ALLOC ones (module_image.cpp). It reports the refused special
+        // sections check_supported() named already: only when none were.
+        if (report.refusals.size() == refusals_before)
+            note([&] { plan_module_layout(module, 0); });  // the trampolines only add size
         for (const auto& special : module.special_sections())
             report.special_sections.push_back(special.name + ": " + special.handling);
         if (auto* existing = s.state.find(module.name()))
