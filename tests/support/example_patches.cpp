@@ -124,14 +124,17 @@ void guest_rmmod(TestGuest& guest, std::string_view module) {
 
 std::string guest_livepatch_transition(TestGuest& guest, std::string_view module) {
     check_module_name(module);
-    return trim(guest.run_ok("cat " + sysfs_dir(module) + "/transition 2>/dev/null || echo gone"));
+    // As in wait_guest_livepatch_transition: a read that fails half-way is "gone".
+    return trim(guest.run_ok("s=$(cat " + sysfs_dir(module) + "/transition 2>/dev/null) || s=gone; echo $s"));
 }
 
 std::string wait_guest_livepatch_transition(TestGuest& guest, std::string_view module,
                                             std::chrono::milliseconds timeout) {
     check_module_name(module);
     const std::string file = sysfs_dir(module) + "/transition";
-    auto result = guest.run("while s=$(cat " + file + " 2>/dev/null || echo gone); [ \"$s\" = 1 ]; do usleep 10000; "
+    // A read that fails half-way (the core removes the directory while cat
+    // reads it) counts as gone, not as "1" followed by "gone".
+    auto result = guest.run("while s=$(cat " + file + " 2>/dev/null) || s=gone; [ \"$s\" = 1 ]; do usleep 10000; "
                             "done; echo $s",
                             timeout);
     if (result.status != 0)
