@@ -512,6 +512,8 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
     json record = s.audit_base(resume ? "apply --resume" : "apply");
     bool touched = false;
     AppliedPatch* patch = nullptr;
+    // The file, also for a refusal of one that cannot be opened (not an ELF).
+    record["patch"] = {{"path", module_path}};
     try {
         LivepatchModule module = LivepatchModule::open(module_path);
         report.patch_name = module.name();
@@ -820,6 +822,7 @@ CheckReport Patcher::check(const std::string& module_path) {
     Session s(machine_, options_, "check", false);
     CheckReport report;
     json record = s.audit_base("check");
+    record["patch"] = {{"path", module_path}};
     try {
         LivepatchModule module = LivepatchModule::open(module_path);
         report.patch_name = module.name();
