@@ -527,7 +527,7 @@ TEST_F(PatchRefusalsTest, GuestLivepatchInTransition) {
     // sysfs directory, from a work item: "0" can show in between.
     std::string state = wait_guest_livepatch_transition(*guest_, sleeper.module, 60s);
     EXPECT_TRUE(state == "0" || state == "gone") << state;
-    guest_->run_ok("while [ -e /sys/kernel/livepatch/" + std::string(sleeper.module) + " ]; do usleep 10000; done", 30s);
+    wait_guest_livepatch_gone(*guest_, sleeper.module, 30s);
     guest_rmmod(*guest_, sleeper.module);
     EXPECT_EQ(guest_->run("grep -w " + std::string(sleeper.module) + " /proc/modules").status, 1)
         << sleeper.module << " is still loaded";

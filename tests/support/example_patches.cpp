@@ -117,6 +117,10 @@ void guest_livepatch_disable(TestGuest& guest, std::string_view module) {
     guest.run_ok("echo 0 > " + sysfs_dir(module) + "/enabled");
 }
 
+void wait_guest_livepatch_gone(TestGuest& guest, std::string_view module, std::chrono::milliseconds timeout) {
+    guest.run_ok("while [ -e /sys/kernel/livepatch/" + std::string(module) + " ]; do usleep 10000; done", timeout);
+}
+
 void guest_rmmod(TestGuest& guest, std::string_view module) {
     check_module_name(module);
     guest.run_ok("rmmod " + std::string(module), 60s);

@@ -57,6 +57,10 @@ void guest_insmod(TestGuest& guest, const std::string& guest_ko);
 // transition); rmmod <module>.
 void guest_livepatch_disable(TestGuest& guest, std::string_view module);
 void guest_rmmod(TestGuest& guest, std::string_view module);
+// After the unpatching transition (wait_guest_livepatch_transition read "0"
+// or "gone") the guest frees the patch and its sysfs directory from a work
+// item: waits until /sys/kernel/livepatch/<module> is gone.
+void wait_guest_livepatch_gone(TestGuest& guest, std::string_view module, std::chrono::milliseconds timeout);
 
 // /sys/kernel/livepatch/<module>/transition: "1" while a transition runs,
 // "0" after it, "gone" once the patch is disabled and freed.
