@@ -203,11 +203,16 @@ std::string where(std::size_t line, std::optional<std::uint64_t> seq = std::null
 
 }  // namespace
 
-std::string default_audit_log_path() {
+std::string configured_audit_log_path() {
     const char* env = std::getenv("HVPATCH_AUDIT_LOG");
     if (env && *env) return env;
-    make_private_directories("/var/log/hvpatch");
-    return "/var/log/hvpatch/audit.jsonl";
+    return std::string(kDefaultAuditLogPath);
+}
+
+std::string default_audit_log_path() {
+    std::string path = configured_audit_log_path();
+    if (path == kDefaultAuditLogPath) make_private_directories(path.substr(0, path.rfind('/')));
+    return path;
 }
 
 std::string canonical_audit_json(const json& record) {
@@ -478,7 +483,7 @@ std::vector<json> read_audit_log(const std::string& path, const AuditFilter& fil
             if (vm == record.end()) continue;
             bool match = contains(*vm, filter.vm);
             if (vm->is_object()) {
-                for (const char* key : {"name", "id"})
+                for (const char* key : {"name", "id", "key", "uuid", "target"})
                     if (vm->contains(key) && contains((*vm)[key], filter.vm)) match = true;
             }
             if (!match) continue;

@@ -57,10 +57,16 @@ inline constexpr std::string_view kAuditReservedFields[] = {"seq", "time",      
 // last line back from the end of the file).
 inline constexpr std::size_t kMaxAuditRecordBytes = 1 << 20;
 
-// $HVPATCH_AUDIT_LOG if set and non-empty, else /var/log/hvpatch/audit.jsonl
+inline constexpr std::string_view kDefaultAuditLogPath = "/var/log/hvpatch/audit.jsonl";
+
+// $HVPATCH_AUDIT_LOG if set and non-empty, else kDefaultAuditLogPath
 // (creating /var/log/hvpatch with mode 0700 if missing; Error(Internal) if
 // that fails).
 std::string default_audit_log_path();
+// The same path without creating anything: for readers (`hvpatch audit`),
+// which must not leave a directory behind or fail for want of rights to
+// create it.
+std::string configured_audit_log_path();
 
 // The canonical form of `record` (see above), as written to the file.
 // Strings that are not valid UTF-8 get U+FFFD for their bad bytes.
@@ -116,8 +122,9 @@ struct AuditVerifyResult {
 AuditVerifyResult verify_audit_log(const std::string& path);
 
 struct AuditFilter {
-    // Substring of record["vm"]["name"] or record["vm"]["id"] (or of
-    // record["vm"] when it is a string). Empty: all records.
+    // Substring of record["vm"]'s "name", "id", "key", "uuid" or "target"
+    // (the patcher writes key/uuid/name/target), or of record["vm"] when it
+    // is a string. Empty: all records.
     std::string vm;
     // Records whose "time" is >= this string (ISO-8601 UTC, any prefix:
     // "2026-11-27" or "2026-11-27T05:40"). Empty: all records.

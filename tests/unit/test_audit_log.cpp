@@ -443,9 +443,17 @@ TEST(AuditLog, ReadFiltersByVmAndTime) {
     log.append(json{{"operation", "apply"}, {"vm", {{"name", "db-1"}, {"id", "99ff-bb"}}}});
     json third = log.append(json{{"operation", "revert"}, {"vm", "web-2"}});
     log.append(json{{"operation", "fleet"}});
+    // As the patcher writes it.
+    log.append(json{{"operation", "check"},
+                    {"vm", {{"key", "uuid-5a5a"}, {"uuid", "5a5a"}, {"name", ""}, {"target", "qmp:/run/vm7.sock"}}}});
     write_text(path, read_text(path) + "garbage\n");
 
-    EXPECT_EQ(read_audit_log(path).size(), 4u);
+    EXPECT_EQ(read_audit_log(path).size(), 5u);
+    for (const char* part : {"uuid-5a", "5a5a", "vm7.sock"}) {
+        auto patcher = read_audit_log(path, {.vm = part, .since = ""});
+        ASSERT_EQ(patcher.size(), 1u) << part;
+        EXPECT_EQ(patcher[0]["operation"], "check");
+    }
     auto web = read_audit_log(path, {.vm = "web", .since = ""});
     ASSERT_EQ(web.size(), 2u);
     EXPECT_EQ(web[0]["vm"]["name"], "web-1");
@@ -455,10 +463,10 @@ TEST(AuditLog, ReadFiltersByVmAndTime) {
     EXPECT_EQ(by_id[0]["vm"]["name"], "db-1");
     EXPECT_TRUE(read_audit_log(path, {.vm = "nosuch", .since = ""}).empty());
     EXPECT_TRUE(read_audit_log(path, {.vm = "", .since = "9999"}).empty());
-    EXPECT_EQ(read_audit_log(path, {.vm = "", .since = "2000-01-01"}).size(), 4u);
+    EXPECT_EQ(read_audit_log(path, {.vm = "", .since = "2000-01-01"}).size(), 5u);
     auto since = read_audit_log(path, {.vm = "", .since = third["time"]});
-    ASSERT_GE(since.size(), 2u);
-    EXPECT_EQ(since[since.size() - 2]["seq"], 3);
+    ASSERT_GE(since.size(), 3u);
+    EXPECT_EQ(since[since.size() - 3]["seq"], 3);
     EXPECT_TRUE(read_audit_log(dir.file("absent.jsonl")).empty());
 }
 
@@ -476,7 +484,10 @@ TEST(AuditLog, VerifyOfAMissingLogIsAUsageError) {
 TEST(AuditLog, DefaultPathComesFromTheEnvironment) {
     ::setenv("HVPATCH_AUDIT_LOG", "/tmp/somewhere/audit.jsonl", 1);
     EXPECT_EQ(default_audit_log_path(), "/tmp/somewhere/audit.jsonl");
+    EXPECT_EQ(configured_audit_log_path(), "/tmp/somewhere/audit.jsonl");
     ::unsetenv("HVPATCH_AUDIT_LOG");
+    // Readers get the default without anything being created.
+    EXPECT_EQ(configured_audit_log_path(), kDefaultAuditLogPath);
 }
 
 TEST(AuditLog, TimeFormatIsUtcWithMilliseconds) {
