@@ -30,6 +30,9 @@ int main(int argc, char** argv) {
     CLI::App app{"hvpatch — live-patch a running VM's Linux kernel from the host"};
     app.require_subcommand(1);
     app.set_version_flag("--version", "hvpatch " + std::string(kHvpatchVersion));
+    // Global options may follow the verb too. Set before the verbs are
+    // added: a subcommand copies its parent's fallthrough when created.
+    app.fallthrough();
     cli::add_inspect_command(app);
     cli::add_read_command(app);
     cli::add_sym_command(app);
@@ -38,7 +41,6 @@ int main(int argc, char** argv) {
     cli::add_stack_command(app, global);
     cli::add_demo_command(app, global);
     cli::add_patch_commands(app, global);
-    app.fallthrough();  // global options may follow the verb too
     app.add_option("--audit-log", global.audit_log,
                    "audit log (JSON Lines); default $HVPATCH_AUDIT_LOG or /var/log/hvpatch/audit.jsonl");
     app.add_option("--state-dir", global.state_dir,
