@@ -22,6 +22,11 @@ void add_sym_command(CLI::App& app);
 void add_ps_command(CLI::App& app, const GlobalOptions& global);
 void add_stack_command(CLI::App& app, const GlobalOptions& global);
 void add_patch_commands(CLI::App& app, GlobalOptions& global);  // check, apply, revert, status
+void add_audit_command(CLI::App& app, GlobalOptions& global);   // audit show, audit verify
+
+// Exit code of `hvpatch audit verify` when the log fails verification: a
+// verdict, not an error of hvpatch (1) or of the command line (2).
+inline constexpr int kExitAuditVerifyFailed = 5;
 
 // The body of `hvpatch inspect`, also used by `hvpatch demo`.
 void inspect_machine(Machine& machine, bool json);
