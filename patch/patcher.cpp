@@ -472,9 +472,14 @@ void run_before_finish(Patcher::Session& s) {
 
 // Ends an unpatch transition that completed: waits (bounded) for a freeze
 // in which no task is inside the patch memory, restores the original bytes
-// in it, clears the per-task state, then frees the memory.
+// in it, clears the per-task state, then frees the memory. Tasks still
+// inside after signal_after are woken once, as in the transition: after
+// --force (or a transition a task passed with the patch on its stack) a
+// long sleeper would otherwise keep the memory for as long as it sleeps.
 void finish_unpatch(Patcher::Session& s, AppliedPatch& patch, Clock::time_point deadline) {
     run_before_finish(s);
+    const auto start = Clock::now();
+    bool signalled = false;
     for (;;) {
         s.freeze();
         auto inside = tasks_inside(*s.kernel, patch.base, patch.base + patch.size, foreign_code_of(s.state));
@@ -482,6 +487,12 @@ void finish_unpatch(Patcher::Session& s, AppliedPatch& patch, Clock::time_point 
         if (Clock::now() >= deadline)
             throw Error(ErrorKind::Timeout, "tasks are still inside the patch memory of " + patch.name + ": " +
                                                 describe_blockers(inside) + "; state kept, run hvpatch revert again");
+        if (!signalled && Clock::now() - start >= s.options.signal_after) {
+            s.say("waking " + std::to_string(inside.size()) +
+                  " task(s) still inside the patch memory as klp_send_signals does");
+            wake_blockers(s, inside);
+            signalled = true;
+        }
         s.thaw();
         std::this_thread::sleep_for(s.options.pass_interval);
     }
