@@ -9,6 +9,7 @@
 
 #include "hvpatch/error.h"
 #include "introspect/code_inspect.h"
+#include "vmm/interrupt.h"
 
 namespace hvpatch {
 namespace {
@@ -36,6 +37,7 @@ class Breakpoints {
 public:
     explicit Breakpoints(Machine& machine) : machine_(machine) {}
     ~Breakpoints() {
+        IgnoreInterrupts cleanup;  // clean-up runs to the end (a signal may be why we are here)
         try {
             clear();
         } catch (const std::exception& e) {
@@ -69,6 +71,7 @@ class RunStateKeeper {
 public:
     explicit RunStateKeeper(Machine& machine) : machine_(machine), was_running_(machine.run_state() == RunState::Running) {}
     ~RunStateKeeper() {
+        IgnoreInterrupts cleanup;  // clean-up runs to the end (a signal may be pending)
         try {
             if (was_running_) machine_.resume();
             else machine_.pause();
@@ -321,6 +324,11 @@ std::vector<std::uint64_t> GuestCaller::call_sequence(const std::vector<GuestCal
     // (the kernel is built for 8-byte stack alignment; 16-byte alignment, if
     // the entry had it, is kept too).
     const std::uint64_t call_rsp = saved.rsp - 16;
+    // From here until the registers are restored, a SIGINT/SIGTERM must not
+    // abandon the call(s): the borrowed task would return into the int3
+    // padding with no breakpoint to catch it, and oops. Each call is bounded
+    // by call_timeout; the interrupt is honoured at the next wait after it.
+    IgnoreInterrupts finish_the_calls;
     Breakpoints trap(machine_);
     trap.set(trap_);
     // Where the borrowed task is now: the safe point, then the trap of the

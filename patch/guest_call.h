@@ -29,6 +29,10 @@
 //    the return arrived on — never FPU/SSE state, segment bases or control
 //    registers, which belong to whatever runs on that CPU now.
 //
+// SIGINT/SIGTERM (vmm/interrupt.h) abandon the wait for a safe point
+// (nothing has changed yet); once the call has started it is finished
+// first, and the interrupt is honoured by the next wait after it.
+//
 // A call that does not return within its bound leaves the guest in an
 // unknown state (the borrowed task is somewhere inside the callee, and
 // when it returns it runs into int3 padding): Error(Timeout) says so

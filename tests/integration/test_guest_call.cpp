@@ -8,6 +8,10 @@
 #include <algorithm>
 #include <cstring>
 #include <numeric>
+#include <thread>
+
+#include <signal.h>
+#include <unistd.h>
 
 #include "hvpatch/error.h"
 #include "hvpatch/machine.h"
@@ -15,6 +19,7 @@
 #include "introspect/page_walk.h"
 #include "patch/guest_call.h"
 #include "support/test_guest.h"
+#include "vmm/interrupt.h"
 
 namespace hvpatch::test {
 namespace {
@@ -193,6 +198,47 @@ TEST_F(GuestCallTest, ManyCallsInARowReturnTheRightResults) {
                 "min %.2f / median %.2f / max %.2f ms; returned on the other vCPU %d times; safe point hits skipped %d\n",
                 sorted.size(), sorted.front(), sorted[sorted.size() / 2], sorted.back(), sorted_total.front(),
                 sorted_total[sorted_total.size() / 2], sorted_total.back(), migrated, skipped);
+    expect_guest_healthy();
+}
+
+// SIGINT while the borrowed task is inside the callee: the call must be
+// finished (else the task returns into int3 padding nobody catches any
+// more, and the guest oopses); the interrupt stays pending for the caller.
+TEST_F(GuestCallTest, AnInterruptDuringTheCallLetsItFinish) {
+    install_interrupt_handlers();
+    auto machine = open_machine(guest_->target());
+    machine->pause();
+    auto kernel = GuestKernel::open(*machine);
+    GuestCaller caller(*kernel);
+    machine->resume();
+    bool interrupted_inside = false;
+    // The signal must land while the callee (msleep(1500)) runs, not while
+    // hvpatch waits for a safe point (that may be abandoned): retry if it
+    // came too early.
+    for (int attempt = 0; attempt < 3 && !interrupted_inside; ++attempt) {
+        clear_interrupt();
+        std::thread signaller([] {
+            std::this_thread::sleep_for(500ms);
+            ::kill(::getpid(), SIGINT);
+        });
+        try {
+            caller.call("msleep", {1500});
+            interrupted_inside = true;
+            EXPECT_TRUE(interrupt_requested()) << "the signal arrived after the call: the test proves nothing";
+            EXPECT_GE(ms(caller.last_call().call_time), 1400.0);
+        } catch (const Error& e) {
+            signaller.join();
+            clear_interrupt();
+            ASSERT_EQ(e.kind(), ErrorKind::Interrupted) << e.what();
+            ASSERT_TRUE(caller.last_call().safe_point.empty())
+                << "interrupted after the call had started on " << caller.last_call().safe_point << ": " << e.what();
+            continue;
+        }
+        signaller.join();
+    }
+    clear_interrupt();
+    EXPECT_TRUE(interrupted_inside) << "the signal came before the safe point three times";
+    machine.reset();
     expect_guest_healthy();
 }
 
