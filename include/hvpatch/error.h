@@ -34,7 +34,7 @@ private:
     ErrorKind kind_;
 };
 
-// Exit codes scripts can rely on (documented in docs/cli.md).
+// Exit codes scripts can rely on (documented in docs/operator-guide.md).
 int exit_code_for(ErrorKind kind);
 
 }  // namespace hvpatch
