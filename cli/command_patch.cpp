@@ -156,6 +156,11 @@ void run_status(const PatchCommandOptions& opt, const GlobalOptions& global) {
     }
     std::printf("VM %s (%s), kernel %s, boot %s\n", r.vm.target.c_str(), r.vm.key().c_str(), r.release.c_str(),
                 r.boot_id.c_str());
+    if (!r.vm_running) std::printf("the VM is PAUSED\n");
+    if (!r.unfinished_operation.empty())
+        std::printf("UNFINISHED: %s; hvpatch apply --resume or hvpatch revert takes over%s\n",
+                    r.unfinished_operation.c_str(),
+                    r.vm_running ? "" : " (and resumes the VM if that hvpatch had found it running)");
     if (r.stale)
         std::printf("STALE: the recorded state is from boot %s; the guest rebooted since, none of it is live\n",
                     r.stale_boot_id.c_str());
