@@ -2,16 +2,52 @@
 // into a running guest kernel (patch/patcher.h does the work).
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <memory>
+#include <thread>
 
 #include "cli/commands.h"
 #include "cli/output.h"
 #include "hvpatch/error.h"
+#include "patch/operation_lock.h"
 #include "patch/patcher.h"
+#include "patch/posix_file.h"
+#include "vmm/interrupt.h"
 
 namespace hvpatch::cli {
 namespace {
+
+// QEMU's QMP monitor serves one client at a time: a second hvpatch on the
+// same target would wait for a greeting that comes only once the first
+// one ends, then fail after 10 s without saying who is in the way. So
+// every verb here takes the target's monitor lock before it connects
+// (<state_dir>/monitor-<target key>.lock; the per-VM lock of patch/ is
+// taken after connecting, by the VM's identity). Another holder is waited
+// for briefly (a status or check holds it well under a second), then the
+// verb fails with Error(Busy) naming the holder.
+constexpr auto kMonitorLockWait = std::chrono::seconds(2);
+
+OperationLock lock_monitor(const GlobalOptions& global, const std::string& target, std::string_view verb) {
+    std::string dir = global.state_dir.empty() ? default_state_dir() : global.state_dir;
+    make_private_directories(dir);
+    const auto deadline = std::chrono::steady_clock::now() + kMonitorLockWait;
+    for (;;) {
+        try {
+            return OperationLock::acquire(dir, "monitor-" + vm_lock_key(target), verb);
+        } catch (const Error& e) {
+            if (e.kind() != ErrorKind::Busy) throw;
+            if (std::chrono::steady_clock::now() >= deadline) {
+                // "VM monitor-<key> is busy: <holder> [lock file]" -> "<target> is busy: <holder> [lock file]"
+                std::string what = e.what();
+                auto at = what.find(" is busy: ");
+                throw Error(ErrorKind::Busy, target + (at == std::string::npos ? ": " + what : what.substr(at)));
+            }
+        }
+        throw_if_interrupted("waiting for " + target + "'s monitor lock");
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+}
 
 struct PatchCommandOptions {
     std::string target, module, name;
@@ -84,6 +120,7 @@ void print_blockers(const std::vector<TransitionBlocker>& blockers) {
 
 void run_check(const PatchCommandOptions& opt, GlobalOptions& global) {
     ProgressLine line(opt.json);
+    OperationLock monitor = lock_monitor(global, opt.target, "check");
     auto machine = open_machine(opt.target);
     Patcher patcher(*machine, patch_options(opt, global, line));
     CheckReport report = patcher.check(opt.module);
@@ -129,6 +166,7 @@ void print_operation(const OperationReport& r, bool json) {
 
 void run_apply(const PatchCommandOptions& opt, const GlobalOptions& global) {
     ProgressLine line(opt.json);
+    OperationLock monitor = lock_monitor(global, opt.target, "apply");
     auto machine = open_machine(opt.target);
     Patcher patcher(*machine, patch_options(opt, global, line));
     OperationReport report = patcher.apply(opt.module, opt.resume);
@@ -138,6 +176,7 @@ void run_apply(const PatchCommandOptions& opt, const GlobalOptions& global) {
 
 void run_revert(const PatchCommandOptions& opt, const GlobalOptions& global) {
     ProgressLine line(opt.json);
+    OperationLock monitor = lock_monitor(global, opt.target, "revert");
     auto machine = open_machine(opt.target);
     Patcher patcher(*machine, patch_options(opt, global, line));
     OperationReport report = patcher.revert(opt.name);
@@ -147,6 +186,7 @@ void run_revert(const PatchCommandOptions& opt, const GlobalOptions& global) {
 
 void run_status(const PatchCommandOptions& opt, const GlobalOptions& global) {
     ProgressLine line(opt.json);
+    OperationLock monitor = lock_monitor(global, opt.target, "status");
     auto machine = open_machine(opt.target);
     Patcher patcher(*machine, patch_options(opt, global, line));
     StatusReport r = patcher.status();
@@ -156,6 +196,11 @@ void run_status(const PatchCommandOptions& opt, const GlobalOptions& global) {
     }
     std::printf("VM %s (%s), kernel %s, boot %s\n", r.vm.target.c_str(), r.vm.key().c_str(), r.release.c_str(),
                 r.boot_id.c_str());
+    if (!r.vm_running) std::printf("the VM is PAUSED\n");
+    if (!r.unfinished_operation.empty())
+        std::printf("UNFINISHED: %s; hvpatch apply --resume or hvpatch revert takes over%s\n",
+                    r.unfinished_operation.c_str(),
+                    r.vm_running ? "" : " (and resumes the VM if that hvpatch had found it running)");
     if (r.stale)
         std::printf("STALE: the recorded state is from boot %s; the guest rebooted since, none of it is live\n",
                     r.stale_boot_id.c_str());

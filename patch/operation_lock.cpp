@@ -135,15 +135,66 @@ OperationLock OperationLock::acquire(const std::string& state_dir, const std::st
         throw Error(ErrorKind::Busy, "VM " + vm_key + " is busy: " + describe_holder(text) + " [lock file " + path + "]");
     }
 
-    // Ours: replace whatever a previous holder left with our description.
-    std::string description = holder_description(operation).dump() + "\n";
-    if (::ftruncate(fd.get(), 0) != 0 || ::pwrite(fd.get(), description.data(), description.size(), 0) < 0)
-        throw Error(ErrorKind::Internal, "cannot write the holder description to " + path + ": " + errno_text());
-    return OperationLock(fd.release(), path, vm_key);
+    // Ours. A description still in the file was left by a holder that
+    // ended without releasing (release() empties it): keep it for the
+    // caller, then replace it with ours.
+    std::string previous(kMaxHolderDescription, '\0');
+    long long n = pread_all(fd.get(), previous.data(), previous.size(), 0);
+    previous.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+    while (!previous.empty() && (previous.back() == '\n' || previous.back() == '\0')) previous.pop_back();
+    OperationLock lock(fd.release(), path, vm_key);
+    lock.previous_holder_ = std::move(previous);
+    lock.description_ = holder_description(operation);
+    lock.write_description();
+    return lock;
+}
+
+void OperationLock::write_description() {
+    std::string text = description_.dump() + "\n";
+    if (text.size() > kMaxHolderDescription)
+        throw Error(ErrorKind::Internal, "the holder description for " + path_ + " is too long");
+    if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, text.data(), text.size(), 0) < 0)
+        throw Error(ErrorKind::Internal, "cannot write the holder description to " + path_ + ": " + errno_text());
+}
+
+void OperationLock::describe(const std::string& key, const nlohmann::json& value) {
+    if (fd_ < 0) throw Error(ErrorKind::Internal, "describe: the lock " + path_ + " is not held");
+    description_[key] = value;
+    write_description();
+}
+
+std::string unfinished_operation(const std::string& state_dir, const std::string& vm_key) {
+    check_key(vm_key);
+    std::string path = state_dir + "/" + vm_key + ".lock";
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    if (!fd.valid()) return "";
+    // Shared and not waiting: fails while an operation holds the lock.
+    if (::flock(fd.get(), LOCK_SH | LOCK_NB) != 0) return "";
+    std::string text(kMaxHolderDescription, '\0');
+    long long n = pread_all(fd.get(), text.data(), text.size(), 0);
+    text.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\0')) text.pop_back();
+    return text;  // closing the descriptor drops the shared lock
+}
+
+std::string describe_unfinished_operation(const std::string& description) {
+    nlohmann::json d = nlohmann::json::parse(description, nullptr, /*allow_exceptions=*/false);
+    if (!d.is_object()) return "an hvpatch operation did not finish (its lock file holds: " + description + ")";
+    auto str = [&](const char* key) {
+        return d.contains(key) && d[key].is_string() ? d[key].get<std::string>() : std::string("?");
+    };
+    std::string pid = d.contains("pid") && d["pid"].is_number_integer() ? std::to_string(d["pid"].get<long long>()) : "?";
+    std::string out = "'" + str("operation") + "' by hvpatch pid " + pid + " (user " + str("user") + ")";
+    if (std::string host = str("host"); host != host_name()) out += " on host " + host;
+    return out + ", started " + str("since") + ", did not finish";
 }
 
 OperationLock::OperationLock(OperationLock&& other) noexcept
-    : fd_(std::exchange(other.fd_, -1)), path_(std::move(other.path_)), vm_key_(std::move(other.vm_key_)) {}
+    : fd_(std::exchange(other.fd_, -1)),
+      path_(std::move(other.path_)),
+      vm_key_(std::move(other.vm_key_)),
+      description_(std::move(other.description_)),
+      previous_holder_(std::move(other.previous_holder_)) {}
 
 OperationLock& OperationLock::operator=(OperationLock&& other) noexcept {
     if (this != &other) {
@@ -151,6 +202,8 @@ OperationLock& OperationLock::operator=(OperationLock&& other) noexcept {
         fd_ = std::exchange(other.fd_, -1);
         path_ = std::move(other.path_);
         vm_key_ = std::move(other.vm_key_);
+        description_ = std::move(other.description_);
+        previous_holder_ = std::move(other.previous_holder_);
     }
     return *this;
 }

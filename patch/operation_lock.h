@@ -17,11 +17,19 @@
 // The lock is held per open file description: it also excludes another
 // OperationLock in the same process, and a child forked while it is held
 // shares it (the fd is O_CLOEXEC, so an exec'd program does not).
+//
+// A holder that releases the lock empties the file; one that was killed
+// cannot, so a description found in a lock file that is free again is the
+// mark of an operation that never finished. The next holder gets it
+// (previous_holder()) and can repair what the dead one left (a VM it had
+// paused); `hvpatch status` reads it without locking (unfinished_operation()).
 #pragma once
 
 #include <string>
 #include <string_view>
 #include <utility>
+
+#include <nlohmann/json.hpp>
 
 namespace hvpatch {
 
@@ -57,6 +65,15 @@ public:
     OperationLock& operator=(const OperationLock&) = delete;
     ~OperationLock();
 
+    // The description an earlier holder left in the lock file because it
+    // ended without releasing the lock (SIGKILL, crash): JSON text as that
+    // holder wrote it; "" when the lock had been released normally.
+    const std::string& previous_holder() const { return previous_holder_; }
+    // Adds `key` to this holder's description in the lock file (what a
+    // successor must know if this process dies, e.g. whether it found the
+    // VM running). Throws Error(Internal) if the file cannot be written.
+    void describe(const std::string& key, const nlohmann::json& value);
+
     // Empties the holder description and releases the lock (idempotent).
     void release() noexcept;
     bool held() const { return fd_ >= 0; }
@@ -65,10 +82,21 @@ public:
 
 private:
     OperationLock(int fd, std::string path, std::string vm_key) : fd_(fd), path_(std::move(path)), vm_key_(std::move(vm_key)) {}
+    void write_description();
 
     int fd_ = -1;
     std::string path_;
     std::string vm_key_;
+    nlohmann::json description_;
+    std::string previous_holder_;
 };
+
+// Without taking the lock: the description a holder of <state_dir>/<vm_key>.lock
+// left behind when it ended without releasing it (JSON text), "" if there
+// is none or the lock is held right now (the operation is still running).
+std::string unfinished_operation(const std::string& state_dir, const std::string& vm_key);
+// "'apply' by hvpatch pid 1234 (user root), started T, did not finish"
+// for such a description (or for previous_holder()).
+std::string describe_unfinished_operation(const std::string& description);
 
 }  // namespace hvpatch

@@ -96,15 +96,22 @@ struct Patcher::Session {
     std::chrono::nanoseconds paused_total{0}, paused_max{0};
     Clock::time_point paused_since{};
     bool frozen = false;
-    bool was_running = false;
+    bool was_running = false;  // the run state the VM is left in at the end
+    // The lock description of an earlier operation that never finished
+    // (operation_lock.h), "" if the last one did.
+    std::string unfinished;
 
     Session(Machine& m, PatchOptions& o, std::string_view operation, bool take_lock) : machine(m), options(o) {
         id = machine.identity();
         state_dir = options.state_dir.empty() ? default_state_dir() : options.state_dir;
         make_private_directories(state_dir);
-        if (take_lock)
-            lock = std::make_unique<OperationLock>(OperationLock::acquire(state_dir, id.key(), operation));
         was_running = machine.run_state() == RunState::Running;
+        if (take_lock) {
+            lock = std::make_unique<OperationLock>(OperationLock::acquire(state_dir, id.key(), operation));
+            take_over_unfinished(operation);
+        } else {
+            unfinished = unfinished_operation(state_dir, id.key());
+        }
         freeze();
         kernel = GuestKernel::open(machine);
         boot_id = guest_boot_id(*kernel);
@@ -142,6 +149,29 @@ struct Patcher::Session {
 
     void say(const std::string& text) const {
         if (options.log) options.log(text);
+    }
+
+    // An hvpatch killed mid-operation leaves its lock description behind
+    // and, if it had the guest paused at that moment, the guest paused with
+    // nobody left to resume it. Its description says whether it had found
+    // the VM running: then this operation leaves the VM running. Ours says
+    // the same for whoever comes after us.
+    void take_over_unfinished(std::string_view operation) {
+        unfinished = lock->previous_holder();
+        if (!unfinished.empty()) {
+            say("the last operation on this VM, " + describe_unfinished_operation(unfinished) + "; this " +
+                std::string(operation) + " takes over");
+            json previous = json::parse(unfinished, nullptr, /*allow_exceptions=*/false);
+            bool it_found_running = previous.is_object() && previous.contains("vm_running") &&
+                                    previous["vm_running"].is_boolean() && previous["vm_running"].get<bool>();
+            if (!was_running && it_found_running) {
+                say("the VM is paused as that hvpatch left it (it had found the VM running): it runs again when this " +
+                    std::string(operation) + " ends");
+                was_running = true;
+                machine.set_run_state_on_close(RunState::Running);
+            }
+        }
+        lock->describe("vm_running", was_running);
     }
 
     void freeze() {
@@ -199,9 +229,11 @@ struct Patcher::Session {
     }
 
     json audit_base(const std::string& operation) const {
-        return {{"operation", operation},
-                {"vm", {{"key", id.key()}, {"uuid", id.uuid}, {"name", id.name}, {"target", id.target}}},
-                {"kernel", {{"release", kernel ? kernel->info().release : ""}, {"boot_id", boot_id}}}};
+        json record = {{"operation", operation},
+                       {"vm", {{"key", id.key()}, {"uuid", id.uuid}, {"name", id.name}, {"target", id.target}}},
+                       {"kernel", {{"release", kernel ? kernel->info().release : ""}, {"boot_id", boot_id}}}};
+        if (lock && !unfinished.empty()) record["took_over"] = describe_unfinished_operation(unfinished);
+        return record;
     }
     void audit(json record) {
         // Integers only: the audit chain hashes a canonical text, which floats would make fragile.
@@ -903,6 +935,8 @@ StatusReport Patcher::status() {
     report.vm = s.id;
     report.release = s.kernel->info().release;
     report.boot_id = s.boot_id;
+    report.vm_running = s.was_running;
+    if (!s.unfinished.empty()) report.unfinished_operation = describe_unfinished_operation(s.unfinished);
     if (s.stale) {
         report.stale = true;
         report.stale_boot_id = s.stale->boot_id;
@@ -1009,6 +1043,8 @@ nlohmann::json StatusReport::to_json() const {
     return {{"vm", {{"key", vm.key()}, {"uuid", vm.uuid}, {"name", vm.name}, {"target", vm.target}}},
             {"kernel_release", release},
             {"boot_id", boot_id},
+            {"vm_running", vm_running},
+            {"unfinished_operation", unfinished_operation},
             {"stale", stale},
             {"stale_boot_id", stale_boot_id},
             {"patches", ps},

@@ -100,6 +100,12 @@ struct PatchStatus {
 struct StatusReport {
     MachineIdentity vm;
     std::string release, boot_id;
+    bool vm_running = true;  // false: the VM was found paused
+    // An hvpatch operation on this VM that ended without finishing (killed,
+    // crashed): "'apply' by hvpatch pid N (user U), started T, did not
+    // finish"; "" if the last one finished. The next apply --resume or
+    // revert takes over (and resumes a VM that hvpatch left paused).
+    std::string unfinished_operation;
     bool stale = false;  // the recorded state is from an earlier boot
     std::string stale_boot_id;
     std::vector<PatchStatus> patches;

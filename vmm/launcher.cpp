@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -111,8 +112,6 @@ std::string resolve_accel(const std::string& requested) {
     return accel;
 }
 
-// Creates an empty RAM file that only we can open; QEMU sizes it. /dev/shm
-// keeps guest RAM out of the page cache of a disk-backed /tmp.
 // A random (version 4) UUID for -uuid: the VM's identity, under which
 // hvpatch keeps its state (libvirt gives every domain one the same way).
 std::string random_uuid() {
@@ -132,6 +131,18 @@ std::string random_uuid() {
     return text;
 }
 
+// 8-4-4-4-12 hex digits, the form QEMU's -uuid accepts.
+bool is_uuid(const std::string& text) {
+    if (text.size() != 36) return false;
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? text[i] != '-' : !std::isxdigit(static_cast<unsigned char>(text[i]))) return false;
+    }
+    return true;
+}
+
+// Creates an empty RAM file that only we can open; QEMU sizes it. /dev/shm
+// keeps guest RAM out of the page cache of a disk-backed /tmp.
 std::string create_ram_file(const std::string& workdir) {
     std::error_code ec;
     std::string pattern = fs::is_directory("/dev/shm", ec) && ::access("/dev/shm", W_OK) == 0
@@ -437,6 +448,9 @@ std::unique_ptr<LaunchedVm> launch_vm(const LaunchOptions& options) {
         throw Error(ErrorKind::Usage, "vcpus must be 1..64, not " + std::to_string(options.vcpus));
     if (options.memory_mib < 64)
         throw Error(ErrorKind::Usage, "memory must be at least 64 MiB, not " + std::to_string(options.memory_mib));
+    if (!options.uuid.empty() && !is_uuid(options.uuid))
+        throw Error(ErrorKind::Usage, "uuid must look like 01234567-89ab-cdef-0123-456789abcdef, not '" +
+                                          options.uuid + "'");
 
     std::unique_ptr<LaunchedVm> vm(new LaunchedVm());
     vm->accel_ = resolve_accel(options.accel);
@@ -475,7 +489,7 @@ std::unique_ptr<LaunchedVm> launch_vm(const LaunchOptions& options) {
 
     std::string mem = std::to_string(options.memory_mib) + "M";
     std::vector<std::string> args = {qemu, "-nodefaults", "-no-user-config", "-nographic", "-display", "none",
-                                     "-no-reboot", "-uuid", random_uuid()};
+                                     "-no-reboot", "-uuid", options.uuid.empty() ? random_uuid() : options.uuid};
     if (options.shared_ram) {
         vm->ram_file_ = create_ram_file(dir);
         std::ofstream(dir + "/" + kRamNote) << vm->ram_file_;

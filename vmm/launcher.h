@@ -52,6 +52,9 @@ struct LaunchOptions {
     std::string workdir;
     // Second serial port (ttyS1) as a UNIX socket server, command.sock.
     bool command_port = true;
+    // The VM's -uuid, its identity (hvpatch keys its state by it). Empty: a
+    // fresh random one. The same uuid again is "the same VM rebooted".
+    std::string uuid;
     // Looked up in PATH unless it contains a '/'.
     std::string qemu_binary = "qemu-system-x86_64";
     // How long QEMU may take until its QMP monitor greets us.

@@ -78,6 +78,11 @@ public:
     virtual void pause() = 0;
     // Lets every vCPU run. Idempotent.
     virtual void resume() = 0;
+    // A backend that puts the VM back in the run state it was found in when
+    // it is closed (QEMU's does) leaves it in `state` instead. For a caller
+    // that learns the VM was found paused by someone who can no longer
+    // resume it (an hvpatch killed while it had the guest paused).
+    virtual void set_run_state_on_close(RunState state) { (void)state; }
 
     // vCPU indices, 0-based, in QEMU's cpu-index order.
     virtual std::vector<int> vcpus() = 0;

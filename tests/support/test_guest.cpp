@@ -82,6 +82,7 @@ std::unique_ptr<TestGuest> TestGuest::boot(const TestGuestOptions& options) {
     launch.cpu_model = options.cpu_model;
     launch.shared_ram = options.shared_ram;
     launch.extra_args = options.extra_args;
+    launch.uuid = options.uuid;
     if (!options.extra_append.empty()) launch.append += " " + options.extra_append;
     launch.command_port = true;
 

@@ -30,6 +30,7 @@ struct TestGuestOptions {
     std::string cpu_model;     // "" = QEMU's default; "max" for 5-level paging
     bool shared_ram = true;
     std::vector<std::string> extra_args;  // more QEMU arguments
+    std::string uuid;  // QEMU -uuid; "" = a random one (a fixed one: the same VM across boots)
     std::string extra_append;  // appended to the kernel command line (kGuestKernelCmdline), e.g. "nokaslr"
     std::chrono::milliseconds boot_timeout{90000};  // launch to a working command channel
 };

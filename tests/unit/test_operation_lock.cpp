@@ -127,11 +127,53 @@ TEST(OperationLock, OtherProcessIsRefusedAndTheLockIsFreedWhenTheHolderIsKilled)
     ASSERT_TRUE(WIFSIGNALED(status));
     // The dead holder's description is still in the file...
     EXPECT_NE(read_text(dir.file("vm1.lock")).find(std::to_string(child)), std::string::npos);
-    // ...but the lock is free, and the new holder replaces the description.
+    // ...and, without taking the lock, it is an operation that did not finish...
+    std::string unfinished = unfinished_operation(dir.path(), "vm1");
+    EXPECT_EQ(nlohmann::json::parse(unfinished)["pid"], child) << unfinished;
+    EXPECT_EQ(describe_unfinished_operation(unfinished).find("'apply' by hvpatch pid " + std::to_string(child) + " (user "),
+              0u)
+        << describe_unfinished_operation(unfinished);
+    EXPECT_NE(describe_unfinished_operation(unfinished).find(", did not finish"), std::string::npos);
+    // ...but the lock is free; the new holder learns what the dead one
+    // wrote, and replaces the description with its own.
     OperationLock lock = OperationLock::acquire(dir.path(), "vm1", "revert");
+    EXPECT_EQ(lock.previous_holder(), unfinished);
     auto d = nlohmann::json::parse(read_text(dir.file("vm1.lock")));
     EXPECT_EQ(d["pid"], ::getpid());
     EXPECT_EQ(d["operation"], "revert");
+    // While it is held, nothing is unfinished.
+    EXPECT_EQ(unfinished_operation(dir.path(), "vm1"), "");
+}
+
+TEST(OperationLock, AfterANormalReleaseThereIsNoPreviousHolderNorUnfinishedOperation) {
+    TempDir dir;
+    EXPECT_EQ(unfinished_operation(dir.path(), "vm1"), "");  // no lock file at all
+    { OperationLock first = OperationLock::acquire(dir.path(), "vm1", "apply"); }
+    EXPECT_EQ(unfinished_operation(dir.path(), "vm1"), "");
+    OperationLock second = OperationLock::acquire(dir.path(), "vm1", "apply");
+    EXPECT_EQ(second.previous_holder(), "");
+}
+
+TEST(OperationLock, DescribeAddsToTheHolderDescription) {
+    TempDir dir;
+    OperationLock lock = OperationLock::acquire(dir.path(), "vm1", "apply");
+    lock.describe("vm_running", true);
+    auto d = nlohmann::json::parse(read_text(dir.file("vm1.lock")));
+    EXPECT_EQ(d["vm_running"], true);
+    EXPECT_EQ(d["operation"], "apply");
+    EXPECT_EQ(d["pid"], ::getpid());
+    lock.release();
+    EXPECT_EQ(read_text(dir.file("vm1.lock")), "");
+    EXPECT_THROW(lock.describe("vm_running", false), Error);
+}
+
+TEST(OperationLock, AnUnparsableLeftoverIsStillReportedAsUnfinished) {
+    TempDir dir;
+    std::ofstream(dir.file("vm1.lock")) << "garbage";
+    EXPECT_EQ(unfinished_operation(dir.path(), "vm1"), "garbage");
+    EXPECT_NE(describe_unfinished_operation("garbage").find("did not finish"), std::string::npos);
+    OperationLock lock = OperationLock::acquire(dir.path(), "vm1", "apply");
+    EXPECT_EQ(lock.previous_holder(), "garbage");
 }
 
 TEST(OperationLock, KeysThatAreNotPlainFileNamesAreRefused) {

@@ -40,6 +40,7 @@ public:
     RunState run_state() override;
     void pause() override;
     void resume() override;
+    void set_run_state_on_close(RunState state) override { initially_running_ = state == RunState::Running; }
     std::vector<int> vcpus() override;
     VcpuRegisters read_registers(int vcpu) override;
     void write_registers(int vcpu, const VcpuRegisters& regs) override;
@@ -67,7 +68,7 @@ private:
     QmpClient qmp_;
     std::string name_;
     std::string initial_status_;
-    bool initially_running_ = false;
+    bool initially_running_ = false;  // and the run state restored on close
     bool running_ = false;  // our view of the VM's run state
 
     MemoryAccessInfo memory_;
