@@ -208,6 +208,9 @@ struct Patcher::Session {
         kernel->memory().clear_cache();
         ++freezes;
         paused_since = Clock::now();
+        // The caller leaves the guest paused; every step that needs a
+        // consistent view freezes again itself.
+        if (was_running) thaw();
     }
     GuestLivepatch& klp() {
         if (!livepatch) livepatch = std::make_unique<GuestLivepatch>(*kernel);
@@ -965,7 +968,8 @@ StatusReport Patcher::status() {
             if (fs.entry_now != expected) {
                 ps.consistent = false;
                 ps.note = "entry bytes do not match phase " + std::string(to_string(patch.phase)) +
-                          " (interrupted mid-step): apply --resume or revert finishes it";
+                          " (hvpatch stopped between writing the code and recording it); apply --resume and revert "
+                          "refuse such an entry for now: the bytes must be put back by hand";
             }
             ps.functions.push_back(fs);
         }

@@ -198,10 +198,7 @@ protected:
     // without the guest's own modules (load_module), whose init sections
     // are freed from a work item some time after boot.
     static std::set<std::string> module_area_allocations() {
-        std::string out = guest_->run_ok(
-            "k=$(cat /proc/sys/kernel/kptr_restrict); echo 1 > /proc/sys/kernel/kptr_restrict; "
-            "grep -E '^0xffffffff[c-f]' /proc/vmallocinfo | grep -v ' load_module+'; "
-            "echo $k > /proc/sys/kernel/kptr_restrict; true");
+        std::string out = guest_module_area_allocations(*guest_);
         std::set<std::string> lines;
         std::istringstream in(out);
         for (std::string line; std::getline(in, line);)

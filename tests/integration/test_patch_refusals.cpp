@@ -121,13 +121,13 @@ std::string c_string(std::string_view name) { return std::string(1, '\0') + std:
 // What a refusal must leave untouched in the guest.
 struct GuestSnapshot {
     std::map<std::string, std::string> entries;  // function -> its first kEntryBytes, hex
-    std::string module_allocs;                   // /proc/vmallocinfo lines of module_alloc
+    std::string module_allocs;                   // /proc/vmallocinfo lines in the module area
     bool operator==(const GuestSnapshot&) const = default;
 };
 
 std::ostream& operator<<(std::ostream& out, const GuestSnapshot& s) {
     for (const auto& [name, bytes] : s.entries) out << "  " << name << ": " << bytes << "\n";
-    return out << "  module_alloc in /proc/vmallocinfo:\n" << s.module_allocs;
+    return out << "  module area in /proc/vmallocinfo:\n" << s.module_allocs;
 }
 
 // One refusal to check: the module, the functions whose bytes must stay,
@@ -218,7 +218,7 @@ protected:
                 s.entries[name] = hex_bytes({reinterpret_cast<const char*>(bytes.data()), bytes.size()});
             }
         }  // the QMP connection is closed again: the CLI needs it
-        s.module_allocs = guest_->run_ok("grep module_alloc /proc/vmallocinfo || true");
+        s.module_allocs = guest_module_area_allocations(*guest_);
         return s;
     }
 

@@ -117,6 +117,13 @@ void guest_livepatch_disable(TestGuest& guest, std::string_view module) {
     guest.run_ok("echo 0 > " + sysfs_dir(module) + "/enabled");
 }
 
+std::string guest_module_area_allocations(TestGuest& guest) {
+    return guest.run_ok(
+        "k=$(cat /proc/sys/kernel/kptr_restrict); echo 1 > /proc/sys/kernel/kptr_restrict; "
+        "grep -E '^0xffffffff[c-f]' /proc/vmallocinfo | grep -v ' load_module+' | sort; "
+        "echo $k > /proc/sys/kernel/kptr_restrict; true");
+}
+
 void wait_guest_livepatch_gone(TestGuest& guest, std::string_view module, std::chrono::milliseconds timeout) {
     guest.run_ok("while [ -e /sys/kernel/livepatch/" + std::string(module) + " ]; do usleep 10000; done", timeout);
 }

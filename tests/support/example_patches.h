@@ -57,6 +57,13 @@ void guest_insmod(TestGuest& guest, const std::string& guest_ko);
 // transition); rmmod <module>.
 void guest_livepatch_disable(TestGuest& guest, std::string_view module);
 void guest_rmmod(TestGuest& guest, std::string_view module);
+// The guest's vmalloc areas in the module area (where module_alloc
+// allocates), one sorted line each with address (shown to root with
+// kptr_restrict 1; 0 prints (____ptrval____) on the test guest), size and
+// caller; without the guest's own modules (load_module), whose init
+// sections are freed from a work item some time after boot.
+std::string guest_module_area_allocations(TestGuest& guest);
+
 // After the unpatching transition (wait_guest_livepatch_transition read "0"
 // or "gone") the guest frees the patch and its sysfs directory from a work
 // item: waits until /sys/kernel/livepatch/<module> is gone.
