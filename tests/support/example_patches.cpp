@@ -120,7 +120,8 @@ void guest_livepatch_disable(TestGuest& guest, std::string_view module) {
 std::string guest_module_area_allocations(TestGuest& guest) {
     return guest.run_ok(
         "k=$(cat /proc/sys/kernel/kptr_restrict); echo 1 > /proc/sys/kernel/kptr_restrict; "
-        "grep -E '^0xffffffff[c-f]' /proc/vmallocinfo | grep -v ' load_module+' | sort; "
+        "grep -E '^0xffffffff[c-f]' /proc/vmallocinfo"
+        " | grep -v -e ' load_module+' -e ' arch_ftrace_update_trampoline+' -e ' bpf_prog_pack_alloc+' | sort -u; "
         "echo $k > /proc/sys/kernel/kptr_restrict; true");
 }
 

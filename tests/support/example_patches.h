@@ -60,8 +60,10 @@ void guest_rmmod(TestGuest& guest, std::string_view module);
 // The guest's vmalloc areas in the module area (where module_alloc
 // allocates), one sorted line each with address (shown to root with
 // kptr_restrict 1; 0 prints (____ptrval____) on the test guest), size and
-// caller; without the guest's own modules (load_module), whose init
-// sections are freed from a work item some time after boot.
+// caller; without the areas the guest allocates and frees on its own
+// schedule: its modules' (load_module: init sections freed from a work item
+// after boot), ftrace trampolines (freed after tracing stops) and BPF
+// program packs.
 std::string guest_module_area_allocations(TestGuest& guest);
 
 // After the unpatching transition (wait_guest_livepatch_transition read "0"
