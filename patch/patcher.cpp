@@ -550,6 +550,38 @@ void finish_patch(Patcher::Session& s, AppliedPatch& patch) {
 
 }  // namespace
 
+namespace {
+
+// An operation that ended in an error is audited once, unless a rollback
+// path already wrote its own outcome.
+void audit_failure(Patcher::Session& s, json& record, const char* outcome, const Error& e) {
+    if (record.contains("outcome")) return;
+    IgnoreInterrupts ignore;
+    record["outcome"] = outcome;
+    record["error"] = e.what();
+    try {
+        s.audit(record);
+    } catch (...) {
+    }
+}
+
+// The figures of a finished apply or revert, into its report and its audit record.
+void audit_success(Patcher::Session& s, OperationReport& report, json& record, Clock::time_point t0) {
+    report.freezes = s.freezes;
+    report.paused_total = s.paused_total;
+    report.paused_max = s.paused_max;
+    report.total_time = Clock::now() - t0;
+    record["outcome"] = report.outcome;
+    record["functions"] = json::array();
+    for (const auto& f : report.functions) record["functions"].push_back(function_json(f));
+    record["passes"] = report.passes;
+    record["blockers"] = blockers_json(report.first_blockers);
+    if (!report.forced.empty()) record["forced"] = blockers_json(report.forced);
+    s.audit(record);
+}
+
+}  // namespace
+
 OperationReport Patcher::apply(const std::string& module_path, bool resume) {
     const auto t0 = Clock::now();
     Session s(machine_, options_, "apply", true);
@@ -734,29 +766,11 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
         report.first_blockers = driver.first_blockers;
         report.transition_time = driver.time;
     } catch (const Error& e) {
-        if (!record.contains("outcome")) {
-            IgnoreInterrupts ignore;
-            record["outcome"] = touched ? "failed" : "refused";
-            record["error"] = e.what();
-            try {
-                s.audit(record);
-            } catch (...) {
-            }
-        }
+        audit_failure(s, record, touched ? "failed" : "refused", e);
         throw;
     }
-    report.freezes = s.freezes;
-    report.paused_total = s.paused_total;
-    report.paused_max = s.paused_max;
-    report.total_time = Clock::now() - t0;
-    record["outcome"] = report.outcome;
-    record["functions"] = json::array();
-    for (const auto& f : report.functions) record["functions"].push_back(function_json(f));
     record["memory"] = {{"base", hex(report.base)}, {"size", report.size}};
-    record["passes"] = report.passes;
-    record["blockers"] = blockers_json(report.first_blockers);
-    if (!report.forced.empty()) record["forced"] = blockers_json(report.forced);
-    s.audit(record);
+    audit_success(s, report, record, t0);
     return report;
 }
 
@@ -839,28 +853,10 @@ OperationReport Patcher::revert(const std::string& name) {
         report.first_blockers = driver.first_blockers;
         report.transition_time = driver.time;
     } catch (const Error& e) {
-        if (!record.contains("outcome")) {
-            IgnoreInterrupts ignore;
-            record["outcome"] = "failed";
-            record["error"] = e.what();
-            try {
-                s.audit(record);
-            } catch (...) {
-            }
-        }
+        audit_failure(s, record, "failed", e);
         throw;
     }
-    report.freezes = s.freezes;
-    report.paused_total = s.paused_total;
-    report.paused_max = s.paused_max;
-    report.total_time = Clock::now() - t0;
-    record["outcome"] = report.outcome;
-    record["functions"] = json::array();
-    for (const auto& f : report.functions) record["functions"].push_back(function_json(f));
-    record["passes"] = report.passes;
-    record["blockers"] = blockers_json(report.first_blockers);
-    if (!report.forced.empty()) record["forced"] = blockers_json(report.forced);
-    s.audit(record);
+    audit_success(s, report, record, t0);
     return report;
 }
 
