@@ -10,6 +10,7 @@ namespace hvpatch::cli {
 
 // Options of the hvpatch command itself (before or after the verb).
 struct GlobalOptions {
+    std::string connection; // -c/--connect libvirt URI, else $LIBVIRT_DEFAULT_URI, else qemu:///system
     std::string audit_log;  // --audit-log, else $HVPATCH_AUDIT_LOG, else the default
     std::string state_dir;  // --state-dir, else $HVPATCH_STATE_DIR, else /var/lib/hvpatch
     int exit_code = 0;      // a verb's verdict that is not an error (check: would refuse)

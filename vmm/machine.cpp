@@ -7,7 +7,8 @@
 
 namespace hvpatch {
 
-std::unique_ptr<Machine> open_machine(const std::string& target) {
+std::unique_ptr<Machine> open_machine(const std::string& target, const std::string& connection) {
+    (void)connection;
     const std::string qmp_prefix = "qmp:";
     if (target.rfind(qmp_prefix, 0) == 0) {
         std::string path = target.substr(qmp_prefix.size());
@@ -15,7 +16,12 @@ std::unique_ptr<Machine> open_machine(const std::string& target) {
         // QmpClient's errors already name the socket ("qmp:PATH ...").
         return std::make_unique<QemuMachine>(QmpClient::connect(path), target);
     }
-    throw Error(ErrorKind::Usage, "unknown target '" + target + "': expected qmp:PATH");
+    throw Error(ErrorKind::Usage, "unknown target '" + target + "': expected qmp:PATH (libvirt domains: not yet)");
+}
+
+std::vector<std::string> list_running_domains(const std::string& connection) {
+    (void)connection;
+    throw Error(ErrorKind::Usage, "libvirt domains: not yet");
 }
 
 std::string MachineIdentity::key() const {

@@ -59,9 +59,32 @@ struct MachineIdentity {
     std::string uuid;  // "" or all-zero when the VMM was given none
     std::string name;  // the VM's name, "" if none
     std::string target;  // Machine::name()
+    std::string connection;  // libvirt connection URI ("qemu:///system"); "" for other backends
     // A file-name-safe key: "uuid-<uuid>" or "target-<sanitised target>".
     std::string key() const;
 };
+
+// A place the VMM keeps for hvpatch's own record of a VM, travelling with
+// the VM's definition (libvirt: one element of the domain's <metadata>, in
+// hvpatch's XML namespace, so that `virsh dumpxml` shows it and another
+// host or a fresh hvpatch reads it back).
+class VmRecordStore {
+public:
+    virtual ~VmRecordStore() = default;
+    // Where the record lives, for messages: "<metadata> of domain web-01 (qemu:///system)".
+    virtual std::string location() const = 0;
+    // The stored element (XML text, in kVmRecordNamespace), or nullopt when none is stored.
+    virtual std::optional<std::string> read() = 0;
+    // Replaces the element: in the running domain and, where the domain has
+    // a persistent definition, in that too. Throws Error naming the domain.
+    virtual void write(const std::string& element_xml) = 0;
+    // Removes the element (both places). Removing an absent one is no error.
+    virtual void remove() = 0;
+};
+
+// hvpatch's XML namespace in libvirt domain metadata, and its prefix.
+inline constexpr const char* kVmRecordNamespace = "http://hvpatch.dev/xmlns/libvirt/state/1";
+inline constexpr const char* kVmRecordPrefix = "hvpatch";
 
 class Machine : public PhysicalMemoryReader {
 public:
@@ -72,6 +95,9 @@ public:
     // "kvm" or "tcg".
     virtual std::string accelerator() = 0;
     virtual MachineIdentity identity() = 0;
+    // The VMM's record store for this VM, or nullptr when the VMM has none
+    // (a bare QEMU: hvpatch then keeps its record in its state directory).
+    virtual VmRecordStore* record_store() { return nullptr; }
 
     virtual RunState run_state() = 0;
     // Stops every vCPU. Idempotent.
@@ -108,10 +134,16 @@ public:
     virtual std::optional<BreakpointHit> run_until_breakpoint(std::chrono::milliseconds timeout) = 0;
 };
 
-// Opens a target named on the command line. Supported: "qmp:PATH".
-// Throws Error(Usage) for an unknown scheme, Error(Unreachable) when the
-// target cannot be reached.
-std::unique_ptr<Machine> open_machine(const std::string& target);
+// Opens a target named on the command line: "qmp:PATH" (a QEMU's QMP
+// socket), else a libvirt domain by name or UUID on `connection` (a libvirt
+// URI; "" = as virsh chooses: $LIBVIRT_DEFAULT_URI, else qemu:///system).
+// Throws Error(Usage) for a malformed target, Error(Unreachable) when the
+// target cannot be reached or does not exist.
+std::unique_ptr<Machine> open_machine(const std::string& target, const std::string& connection = "");
+
+// Names of the running (or paused) domains on a libvirt connection, for
+// `fleet --all-running`. Throws Error(Unreachable) when libvirt cannot be reached.
+std::vector<std::string> list_running_domains(const std::string& connection = "");
 
 // Pauses the VM for the guard's lifetime if it was running; leaves a VM that
 // was already paused as it was.
