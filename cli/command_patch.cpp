@@ -1,5 +1,6 @@
 // `hvpatch check | apply | revert | status TARGET ...`: livepatch modules
 // into a running guest kernel (patch/patcher.h does the work).
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -9,6 +10,7 @@
 
 #include "cli/commands.h"
 #include "cli/output.h"
+#include "cli/progress_events.h"
 #include "hvpatch/error.h"
 #include "patch/operation_lock.h"
 #include "patch/patcher.h"
@@ -55,6 +57,7 @@ struct PatchCommandOptions {
     bool resume = false, force = false, force_vermagic = false;
     double timeout_s = 60, signal_after_s = 15;
     int interval_ms = 50;
+    int progress_fd = -1;  // hidden --progress-fd: events for `hvpatch fleet` (cli/progress_events.h)
 };
 
 // A live line on a terminal, plain lines otherwise; nothing under --json.
@@ -108,6 +111,11 @@ PatchOptions patch_options(const PatchCommandOptions& opt, const GlobalOptions& 
         text += ", " + std::to_string(p.elapsed.count()) + " ms";
         line.show(text);
     };
+    if (opt.progress_fd >= 0) {
+        if (::fcntl(opt.progress_fd, F_GETFD) == -1)
+            throw Error(ErrorKind::Usage, "--progress-fd " + std::to_string(opt.progress_fd) + " is not an open file descriptor");
+        add_progress_events(options, opt.progress_fd);
+    }
     return options;
 }
 
@@ -228,6 +236,9 @@ void add_transition_options(CLI::App* cmd, PatchCommandOptions& opt) {
         ->capture_default_str();
     cmd->add_flag("--force", opt.force,
                   "at the timeout, switch the remaining tasks instead of rolling back (unsafe; audited)");
+    // For `hvpatch fleet`, which runs apply/revert as child processes.
+    cmd->add_option("--progress-fd", opt.progress_fd, "write progress events (JSON Lines) to this descriptor")
+        ->group("");
 }
 
 }  // namespace

@@ -24,10 +24,12 @@ void add_ps_command(CLI::App& app, const GlobalOptions& global);
 void add_stack_command(CLI::App& app, const GlobalOptions& global);
 void add_patch_commands(CLI::App& app, GlobalOptions& global);  // check, apply, revert, status
 void add_audit_command(CLI::App& app, GlobalOptions& global);   // audit show, audit verify
+void add_fleet_command(CLI::App& app, GlobalOptions& global);   // fleet apply, fleet revert
 
 // Exit code of `hvpatch audit verify` when the log fails verification: a
 // verdict, not an error of hvpatch (1) or of the command line (2).
 inline constexpr int kExitAuditVerifyFailed = 5;
+// `hvpatch fleet` has two more verdicts, 6 and 7: cli/fleet_report.h.
 
 // The body of `hvpatch inspect`, also used by `hvpatch demo`.
 void inspect_machine(Machine& machine, bool json);

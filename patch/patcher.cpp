@@ -150,6 +150,9 @@ struct Patcher::Session {
     void say(const std::string& text) const {
         if (options.log) options.log(text);
     }
+    void stage(std::string_view name) const {
+        if (options.stage) options.stage(name);
+    }
 
     // An hvpatch killed mid-operation leaves its lock description behind
     // and, if it had the guest paused at that moment, the guest paused with
@@ -588,6 +591,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
     OperationReport report;
     report.operation = "apply";
     json record = s.audit_base(resume ? "apply --resume" : "apply");
+    s.stage("checking");
     bool touched = false;
     AppliedPatch* patch = nullptr;
     // The file, also for a refusal of one that cannot be opened (not an ELF).
@@ -598,6 +602,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
         report.sha256 = module.sha256();
         record["patch"] = {{"name", module.name()}, {"sha256", module.sha256()}, {"path", module_path}};
         patch = s.state.find(module.name());
+        if (patch && !resume && patch->phase == PatchPhase::Applied) s.stage("already-applied");
         if (patch && !resume)
             throw Error(ErrorKind::Usage, "patch " + module.name() + " is already on " + s.id.target + " (" +
                                               to_string(patch->phase) + ")" +
@@ -610,6 +615,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                                               ": nothing to resume (use hvpatch revert)");
         if (patch && patch->phase == PatchPhase::Loading) {
             s.say("an interrupted load left guest memory at " + hex(patch->base) + ": freeing it, then starting over");
+            s.stage("loading");
             free_patch(s, *patch);
             patch = nullptr;
         }
@@ -641,6 +647,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
             const std::uint64_t tsize = shim::trampoline_size();
             ModuleLayout layout = plan_module_layout(module, tsize * functions.size());
             s.say("allocating " + std::to_string(layout.total_size()) + " bytes of guest module memory");
+            s.stage("loading");
             std::uint64_t base = s.call().module_alloc(layout.total_size());
             s.after_call();
             touched = true;
@@ -720,6 +727,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
             }
             patch->phase = PatchPhase::Patching;
             s.save(*patch);
+            s.stage("transition");
             write_sites(s, *patch, &RedirectedFunction::to_trampoline);
         }
         report.base = patch->base;
@@ -782,9 +790,11 @@ OperationReport Patcher::revert(const std::string& name) {
     report.patch_name = name;
     json record = s.audit_base("revert");
     record["patch"] = {{"name", name}};
+    s.stage("checking");
     try {
         AppliedPatch* patch = s.state.find(name);
         if (!patch) {
+            s.stage("not-applied");
             if (s.stale && s.stale->find(name))
                 throw Error(ErrorKind::Guest, "the record of " + name + " on " + s.id.target +
                                                   " is from an earlier boot of the guest: nothing of it is in the running kernel");
@@ -800,6 +810,7 @@ OperationReport Patcher::revert(const std::string& name) {
         report.functions = patch->functions;
         TransitionDriver driver{s, 0, {}};
         if (patch->phase == PatchPhase::Loading || patch->phase == PatchPhase::Freeing) {
+            s.stage("freeing");
             free_patch(s, *patch);
         } else {
             if (patch->phase == PatchPhase::Applied) {
@@ -810,8 +821,10 @@ OperationReport Patcher::revert(const std::string& name) {
                 verify_sites(s, *patch, &RedirectedFunction::to_new, "the jump to the new function");
                 patch->phase = PatchPhase::Unpatching;
                 s.save(*patch);
+                s.stage("transition");
                 write_sites(s, *patch, &RedirectedFunction::to_trampoline);
             } else if (patch->phase == PatchPhase::Patching) {
+                s.stage("transition");
                 patch->phase = PatchPhase::Unpatching;
                 s.save(*patch);
             }

@@ -20,6 +20,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -49,6 +50,17 @@ struct PatchOptions {
     std::chrono::milliseconds signal_after{15000};
     std::function<void(const TransitionProgress&)> progress;
     std::function<void(const std::string&)> log;  // step messages for people
+    // Where an apply or revert is, for a caller that shows it or must tell
+    // a refusal from a failure (fleet): "checking" (the guest's kernel is
+    // open; nothing changed yet), then the first step that changes the
+    // guest: "loading" (apply: allocating module memory), "transition"
+    // (entries about to point at the trampolines; revert: back at them) or
+    // "freeing" (revert of a patch left loading/freeing). Two verdicts
+    // come just before the refusal they explain: "already-applied" (apply
+    // of a patch that is applied) and "not-applied" (revert of a name not
+    // recorded for this boot). Nothing was changed in the guest before the
+    // first changing stage.
+    std::function<void(std::string_view)> stage;
     // For benchmarks and tests: called once per apply or revert while the
     // guest runs with every redirection on its trampoline, after the
     // transition converged and before the final freeze. Not for operators.
