@@ -234,9 +234,11 @@ TEST_F(FleetTest, SigintIsPassedOnAndNothingNewStarts) {
     EXPECT_TRUE(parse(hvpatch({"status", a, "--json"}))["patches"].empty());
     // b was never started: nothing recorded for it, nothing in its audit trail.
     EXPECT_TRUE(parse(hvpatch({"status", b, "--json"}))["patches"].empty());
-    for (const auto& rec : read_audit_log(audit_log()))
-        if (rec.value("operation", "") == "apply" && rec["patch"].value("name", "") == "livepatch_sleeper")
+    for (const auto& rec : read_audit_log(audit_log())) {
+        if (rec.value("operation", "") == "apply" && rec["patch"].value("name", "") == "livepatch_sleeper") {
             EXPECT_NE(rec["vm"].value("target", ""), b) << rec.dump();
+        }
+    }
 }
 
 }  // namespace
