@@ -7,8 +7,8 @@
 //                    sample patch once per --parallel setting
 //       --targets N  guests (default 4; each 1 vCPU, 512 MiB, TCG here)
 //
-// The N guests (default kernel, scripts/build-test-guest) are booted at
-// once and stay up for the whole run. Each repetition runs, in alternating
+// The N guests (default kernel, scripts/build-test-guest) are booted one
+// after the other and stay up for the whole run. Each repetition runs, in alternating
 // order, for P = 1 and P = N: `hvpatch fleet apply livepatch_cmdline.ko
 // T1..TN --parallel P --json`, then `hvpatch fleet revert livepatch_cmdline
 // ... --parallel P --json`, and takes
@@ -31,7 +31,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <future>
 #include <map>
 #include <numeric>
 #include <memory>
@@ -169,11 +168,10 @@ int main(int argc, char** argv) {
         TestGuestOptions guest_options;
         guest_options.vcpus = 1;
         const auto boot0 = Clock::now();
-        std::vector<std::future<std::unique_ptr<TestGuest>>> booting;
-        for (int i = 0; i < options->targets; ++i)
-            booting.push_back(std::async(std::launch::async, [&] { return TestGuest::boot(guest_options); }));
+        // From this thread, one after the other: QEMU dies with the thread
+        // that launched it (PR_SET_PDEATHSIG).
         std::vector<std::unique_ptr<TestGuest>> guests;
-        for (auto& b : booting) guests.push_back(b.get());
+        for (int i = 0; i < options->targets; ++i) guests.push_back(TestGuest::boot(guest_options));
         const double boot_ms = std::chrono::duration<double, std::milli>(Clock::now() - boot0).count();
         std::printf("  booted in %s ms; kernel %s, accelerator %s\n", fmt(boot_ms).c_str(), guests[0]->release().c_str(),
                     guests[0]->vm().accel().c_str());

@@ -16,7 +16,6 @@
 
 #include <csignal>
 #include <filesystem>
-#include <future>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,13 +44,12 @@ protected:
         plain.vcpus = 1;
         TestGuestOptions cloud = plain;
         cloud.flavour = "cloud-amd64";
-        auto a = std::async(std::launch::async, [&] { return TestGuest::boot(plain); });
-        auto b = std::async(std::launch::async, [&] { return TestGuest::boot(plain); });
-        auto c = std::async(std::launch::async, [&] { return TestGuest::boot(cloud); });
+        // One after the other, from this thread: QEMU dies with the thread
+        // that launched it (PR_SET_PDEATHSIG), so no boot threads.
         guests_ = new std::vector<std::unique_ptr<TestGuest>>();
-        guests_->push_back(a.get());
-        guests_->push_back(b.get());
-        guests_->push_back(c.get());
+        guests_->push_back(TestGuest::boot(plain));
+        guests_->push_back(TestGuest::boot(plain));
+        guests_->push_back(TestGuest::boot(cloud));
         char tmpl[] = "/tmp/hvpatch-fleet-test.XXXXXX";
         dir_ = new std::string(mkdtemp(tmpl));
     }
