@@ -233,9 +233,9 @@ std::vector<std::string> render_table(const std::vector<FleetTarget>& targets, s
         const bool in_transition = t.phase == FleetTarget::Phase::Running && t.stage == "transition" && t.pass > 0;
         std::string tasks = in_transition ? std::to_string(t.remaining) + "/" + std::to_string(t.tasks) : "-";
         std::string elapsed = t.phase == FleetTarget::Phase::Queued ? "-" : seconds(t.elapsed);
-        std::string blocker = t.phase == FleetTarget::Phase::Done && !outcome_ok(t.outcome) && !t.reason.empty()
-                                  ? t.reason
-                                  : first_blocker(t);
+        // A finished target shows why (a failure, a forced switch), not who
+        // blocked at some point: the report lists that.
+        std::string blocker = t.phase == FleetTarget::Phase::Done ? t.reason : first_blocker(t);
         lines.push_back(cut(pad(cut(printable(t.target), target_width), target_width) + "  " +
                                 pad(state_label(t), kState) + "  " + pad(tasks, kTasks) + "  " + pad(elapsed, kElapsed) +
                                 "  " + blocker,

@@ -313,6 +313,12 @@ TEST(FleetTable, RowsShowStateTasksElapsedAndBlocker) {
     EXPECT_NE(lines[2].find("vermagic mismatch"), std::string::npos) << lines[2];
     EXPECT_NE(lines[3].find("queued"), std::string::npos) << lines[3];
     EXPECT_EQ(lines[4], "3 targets: 1 running, 1 queued, 1 skipped");
+    // A finished success shows no blocker (the report has them).
+    auto done = mixed_targets();
+    finish_target(done[0], FleetVerb::Apply, exited(0, apply_doc()));
+    auto done_lines = render_table(done, 0);
+    EXPECT_EQ(done_lines[1].find("pid 99"), std::string::npos) << done_lines[1];
+    EXPECT_NE(done_lines[1].find("applied"), std::string::npos) << done_lines[1];
     auto with_notice = render_table(mixed_targets(), 0, "interrupted");
     EXPECT_EQ(with_notice.back(), "interrupted");
 }
