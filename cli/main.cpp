@@ -41,8 +41,8 @@ int main(int argc, char** argv) {
     cli::add_stack_command(app, global);
     cli::add_demo_command(app, global);
     cli::add_patch_commands(app, global);
-    cli::add_audit_command(app, global);
     cli::add_fleet_command(app, global);
+    cli::add_audit_command(app, global);
     app.add_option("--audit-log", global.audit_log,
                    "audit log (JSON Lines); default $HVPATCH_AUDIT_LOG or /var/log/hvpatch/audit.jsonl");
     app.add_option("--state-dir", global.state_dir,
