@@ -11,10 +11,15 @@
 //   2. nothing fits or reachable: exit 7 (skipped + failed);
 //   3. SIGINT while a child waits in a transition: passed on, the child
 //      stops as a lone apply does (state kept), the queued target is never
-//      started, exit 130; revert cleans up.
+//      started, exit 130; revert cleans up;
+//   4. one child killed (SIGKILL) in its transition: the other target is
+//      patched all the same, the killed one is reported failed, exit 6.
 #include <gtest/gtest.h>
 
+#include <dirent.h>
+
 #include <csignal>
+#include <fstream>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -103,6 +108,31 @@ protected:
         return none;
     }
     static std::string cmdline(int i) { return guest(i).run_ok(std::string(kCmdlineOracle)); }
+    // The pid of the child of `parent` whose command line contains `needle`, or -1.
+    static pid_t child_with(pid_t parent, const std::string& needle) {
+        DIR* proc = opendir("/proc");
+        if (!proc) return -1;
+        pid_t found = -1;
+        while (dirent* e = readdir(proc)) {
+            pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
+            if (pid <= 0) continue;
+            std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+            std::string line;
+            std::getline(stat, line);
+            auto close = line.rfind(')');
+            if (close == std::string::npos) continue;
+            char state = 0;
+            int ppid = 0;
+            if (std::sscanf(line.c_str() + close + 1, " %c %d", &state, &ppid) != 2 || ppid != parent) continue;
+            std::ifstream cmd("/proc/" + std::to_string(pid) + "/cmdline");
+            std::string args((std::istreambuf_iterator<char>(cmd)), std::istreambuf_iterator<char>());
+            for (char& c : args)
+                if (c == '\0') c = ' ';
+            if (args.find(needle) != std::string::npos) found = pid;
+        }
+        closedir(proc);
+        return found;
+    }
     static std::string sample_ko() { return example_patch_ko(Example::Cmdline, guest(0).release()); }
 
     static std::vector<std::unique_ptr<TestGuest>>* guests_;
@@ -237,6 +267,38 @@ TEST_F(FleetTest, SigintIsPassedOnAndNothingNewStarts) {
             EXPECT_NE(rec["vm"].value("target", ""), b) << rec.dump();
         }
     }
+}
+
+TEST_F(FleetTest, AChildKilledInItsTransitionDoesNotTouchTheOthers) {
+    const std::string a = guest(0).target(), b = guest(1).target();
+    // Sleepers hold both transitions up until they are woken after 2 s: time
+    // to kill a's child while both are in their transitions.
+    CommandOptions options;
+    options.timeout = 120s;
+    RunningCommand fleet(hvpatch_argv({"fleet", "apply", example_patch_ko(Example::Sleeper, guest(0).release()), a, b,
+                                       "--parallel", "2", "--signal-after", "2"}),
+                         options);
+    ASSERT_TRUE(fleet.wait_for_output(a + ": patching pass", 90s, true)) << fleet.err();
+    const pid_t child = child_with(fleet.pid(), " apply " + a + " ");
+    ASSERT_GT(child, 0) << "no hvpatch apply child for " << a;
+    ASSERT_EQ(::kill(child, SIGKILL), 0);
+    CommandResult r = fleet.wait();
+    EXPECT_EQ(r.exit_code, kExitPartial) << r.describe();
+    EXPECT_NE(r.out.find("  " + a + "  failed"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("killed by signal 9"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("see hvpatch status " + a), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("  " + b + "  applied"), std::string::npos) << r.out;
+    json sb = parse(hvpatch({"status", b, "--json"}));
+    ASSERT_EQ(sb["patches"].size(), 1u) << sb.dump(2);
+    EXPECT_EQ(sb["patches"][0]["phase"], "applied");
+    // a is where the kill left it (its state file says so); revert takes
+    // over, then both are clean again.
+    json sa = parse(hvpatch({"status", a, "--json"}));
+    ASSERT_EQ(sa["patches"].size(), 1u) << sa.dump(2);
+    EXPECT_NE(sa["patches"][0]["phase"], "applied");
+    CommandResult back = hvpatch({"fleet", "revert", "livepatch_sleeper", a, b, "--parallel", "2", "--signal-after", "2", "--json"});
+    EXPECT_EQ(back.exit_code, 0) << back.describe();
+    for (const auto& t : {a, b}) EXPECT_TRUE(parse(hvpatch({"status", t, "--json"}))["patches"].empty()) << t;
 }
 
 }  // namespace
