@@ -1,5 +1,6 @@
 #include "cli/fleet_report.h"
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
