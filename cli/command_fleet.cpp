@@ -125,8 +125,10 @@ public:
     void redraw() {
         if (mode_ != Mode::Table) return;
         winsize ws{};
-        std::size_t width = ::ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 ? ws.ws_col - 1 : 0;
-        auto lines = render_table(targets_, width, notice_);
+        const bool known = ::ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0;
+        std::size_t width = known && ws.ws_col > 1 ? ws.ws_col - 1 : 0;
+        std::size_t height = known && ws.ws_row > 4 ? ws.ws_row - 1 : 0;
+        auto lines = render_table(targets_, width, notice_, height);
         std::string out;
         if (drawn_ > 0) out += "\033[" + std::to_string(drawn_) + "A";
         for (const auto& line : lines) out += "\r\033[K" + line + "\n";

@@ -218,7 +218,7 @@ std::string first_blocker(const FleetTarget& t) {
 }
 
 std::vector<std::string> render_table(const std::vector<FleetTarget>& targets, std::size_t width,
-                                      const std::string& notice) {
+                                      const std::string& notice, std::size_t max_lines) {
     std::size_t target_width = 6;
     for (const auto& t : targets) target_width = std::max(target_width, printable(t.target).size());
     target_width = std::min<std::size_t>(target_width, 40);
@@ -231,6 +231,30 @@ std::vector<std::string> render_table(const std::vector<FleetTarget>& targets, s
     for (const auto& t : targets) {
         if (t.phase == FleetTarget::Phase::Queued) ++queued;
         if (t.phase == FleetTarget::Phase::Running) ++running;
+    }
+    // Which rows: all, or as many as fit, by importance, in target order.
+    const std::size_t fixed = 2 + (notice.empty() ? 0 : 1);  // header, summary, notice
+    std::vector<bool> shown(targets.size(), true);
+    std::size_t hidden = 0;
+    if (max_lines > 0 && targets.size() + fixed > max_lines) {
+        const std::size_t room = max_lines > fixed + 1 ? max_lines - fixed - 1 : 0;  // one line says what is hidden
+        auto rank = [](const FleetTarget& t) {
+            if (t.phase == FleetTarget::Phase::Running) return 0;
+            if (t.phase == FleetTarget::Phase::Done && !outcome_ok(t.outcome)) return 1;
+            return 2;
+        };
+        std::size_t used = 0;
+        for (int r = 0; r <= 2; ++r)
+            for (std::size_t i = 0; i < targets.size(); ++i)
+                if (rank(targets[i]) == r) {
+                    shown[i] = used < room;
+                    if (shown[i]) ++used;
+                }
+        hidden = targets.size() - used;
+    }
+    for (std::size_t i = 0; i < targets.size(); ++i) {
+        if (!shown[i]) continue;
+        const FleetTarget& t = targets[i];
         const bool in_transition = t.phase == FleetTarget::Phase::Running && t.stage == "transition" && t.pass > 0;
         std::string tasks = in_transition ? std::to_string(t.remaining) + "/" + std::to_string(t.tasks) : "-";
         std::string elapsed = t.phase == FleetTarget::Phase::Queued ? "-" : seconds(t.elapsed);
@@ -242,6 +266,7 @@ std::vector<std::string> render_table(const std::vector<FleetTarget>& targets, s
                                 "  " + blocker,
                             width));
     }
+    if (hidden > 0) lines.push_back(cut("(" + std::to_string(hidden) + " more not shown)", width));
     std::string summary = std::to_string(targets.size()) + " target" + (targets.size() == 1 ? "" : "s") + ": " +
                           std::to_string(running) + " running, " + std::to_string(queued) + " queued";
     std::string done = outcome_counts(targets);

@@ -96,9 +96,13 @@ std::string first_blocker(const FleetTarget& target);
 
 // The live table: a header, one row per target, a summary line (and
 // `notice` below it if set). Lines are cut to `width` columns (0: no limit)
-// so that a terminal never wraps them.
+// so that a terminal never wraps them. With more targets than fit in
+// `max_lines` (0: no limit; a table taller than the terminal cannot be
+// redrawn in place), running targets are shown first, then those that did
+// not succeed, then the rest in order, and one line says how many are not
+// shown.
 std::vector<std::string> render_table(const std::vector<FleetTarget>& targets, std::size_t width,
-                                      const std::string& notice = "");
+                                      const std::string& notice = "", std::size_t max_lines = 0);
 // One line for a log that is not a terminal: "TARGET: patching pass 3, 3 of 62 tasks left (pid ...)".
 std::string progress_line(const FleetTarget& target);
 

@@ -332,6 +332,28 @@ TEST(FleetTable, LinesFitTheWidthAndHoldNoControlCharacters) {
     }
 }
 
+TEST(FleetTable, TallerThanTheTerminalShowsRunningAndUnsuccessfulFirst) {
+    std::vector<FleetTarget> ts;
+    for (int i = 0; i < 10; ++i) {
+        FleetTarget t;
+        t.target = "vm" + std::to_string(i);
+        ts.push_back(t);
+    }
+    ts[7] = running("vm7");
+    ts[8].phase = FleetTarget::Phase::Done;
+    ts[8].outcome = TargetOutcome::Failed;
+    ts[1].phase = FleetTarget::Phase::Done;
+    ts[1].outcome = TargetOutcome::Applied;
+    auto lines = render_table(ts, 0, "", 6);
+    ASSERT_EQ(lines.size(), 6u);
+    EXPECT_EQ(lines[1].substr(0, 3), "vm0");  // rank: running vm7, failed vm8, then vm0 in order
+    EXPECT_EQ(lines[2].substr(0, 3), "vm7");
+    EXPECT_EQ(lines[3].substr(0, 3), "vm8");
+    EXPECT_EQ(lines[4], "(7 more not shown)");
+    EXPECT_EQ(lines[5].rfind("10 targets: 1 running, 7 queued", 0), 0u) << lines[5];
+    EXPECT_EQ(render_table(ts, 0, "", 12).size(), 12u);  // it fits: every row
+}
+
 TEST(FleetTable, ProgressLineForLogs) {
     auto ts = mixed_targets();
     EXPECT_EQ(progress_line(ts[0]),
