@@ -729,6 +729,8 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
             s.save(*patch);
             s.stage("transition");
             write_sites(s, *patch, &RedirectedFunction::to_trampoline);
+        } else {
+            s.stage("transition");  // resumed: an earlier run left the entries on the trampolines
         }
         report.base = patch->base;
         report.size = patch->size;
