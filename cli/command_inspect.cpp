@@ -143,19 +143,19 @@ void inspect_machine(Machine& machine_ref, bool json) {
 
 namespace {
 
-void run_inspect(const InspectOptions& opt) {
-    auto machine = open_machine(opt.target);
+void run_inspect(const InspectOptions& opt, const GlobalOptions& global) {
+    auto machine = open_machine(opt.target, global.connection);
     inspect_machine(*machine, opt.json);
 }
 
 }  // namespace
 
-void add_inspect_command(CLI::App& app) {
+void add_inspect_command(CLI::App& app, const GlobalOptions& global) {
     auto opt = std::make_shared<InspectOptions>();
     auto* cmd = app.add_subcommand("inspect", "Show the VM: accelerator, vCPUs, RAM and how hvpatch reaches it");
-    cmd->add_option("target", opt->target, "qmp:PATH (QEMU's QMP socket)")->required();
+    cmd->add_option("target", opt->target, kTargetHelp)->required();
     cmd->add_flag("--json", opt->json, "Print a JSON document");
-    cmd->callback([opt] { run_inspect(*opt); });
+    cmd->callback([opt, &global] { run_inspect(*opt, global); });
 }
 
 }  // namespace hvpatch::cli
