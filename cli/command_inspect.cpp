@@ -95,6 +95,7 @@ void inspect_machine(Machine& machine_ref, bool json) {
     std::vector<std::pair<int, VcpuRegisters>> vcpus;
     std::chrono::nanoseconds paused{0};
     KernelView kernel;
+    const MachineIdentity id = machine->identity();
     {
         // One freeze for everything reported.
         PauseGuard pause(*machine);
@@ -106,6 +107,7 @@ void inspect_machine(Machine& machine_ref, bool json) {
     if (json) {
         nlohmann::json doc;
         doc["target"] = machine->name();
+        doc["identity"] = {{"name", id.name}, {"uuid", id.uuid}, {"connection", id.connection}, {"key", id.key()}};
         doc["accelerator"] = accel;
         doc["run_state"] = found == RunState::Running ? "running" : "paused";
         doc["paused_ms"] = static_cast<double>(paused.count()) / 1e6;
@@ -122,6 +124,8 @@ void inspect_machine(Machine& machine_ref, bool json) {
     }
 
     std::printf("Target:       %s\n", machine->name().c_str());
+    std::printf("VM:           name %s, uuid %s\n", id.name.empty() ? "(none)" : id.name.c_str(),
+                id.uuid.empty() ? "(none)" : id.uuid.c_str());
     std::printf("Accelerator:  %s\n", accel.c_str());
     std::printf("Run state:    %s%s\n", found == RunState::Running ? "running" : "paused",
                 found == RunState::Running ? (" (paused by hvpatch for " + milliseconds(paused) + ")").c_str()
