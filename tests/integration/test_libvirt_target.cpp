@@ -360,6 +360,32 @@ TEST_F(LibvirtDomainTest, RecordStoreRoundTripsThroughLiveAndPersistentMetadata)
     EXPECT_EQ(domstate(domain_->name()).rfind("running (", 0), 0u);
 }
 
+TEST_F(LibvirtDomainTest, SymReadAndCheckReachTheDomainToo) {
+    const std::string name = domain_->name();
+    std::string line = domain_->run_ok("grep ' linux_banner$' /proc/kallsyms");
+    const std::string address = "0x" + line.substr(0, 16);
+    CommandResult sym = hvpatch({"sym", name, "linux_banner", "--json", "-c", kUri});
+    ASSERT_EQ(sym.exit_code, 0) << sym.describe();
+    json symbols = json::parse(sym.out)["symbols"];
+    ASSERT_EQ(symbols.size(), 1u) << sym.out;
+    EXPECT_EQ(std::stoull(symbols[0]["address"].get<std::string>(), nullptr, 16),
+              std::stoull(address, nullptr, 16));
+
+    const std::string version = domain_->run_ok("cat /proc/version");
+    CommandResult read = hvpatch({"read", domain_->uuid(), "--virt", address, std::to_string(version.size()),
+                                  "--out", *dir_ + "/banner"},
+                                 {std::string("LIBVIRT_DEFAULT_URI=") + kUri});
+    ASSERT_EQ(read.exit_code, 0) << read.describe();
+    std::ifstream in(*dir_ + "/banner", std::ios::binary);
+    EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), version);
+
+    CommandResult check = hvpatch({"-c", kUri, "--state-dir", *dir_ + "/state", "--audit-log", *dir_ + "/audit.jsonl",
+                                   "check", name, example_patch_ko(Example::Cmdline, domain_->release()), "--json"});
+    ASSERT_EQ(check.exit_code, 0) << check.describe();
+    EXPECT_EQ(json::parse(check.out)["ok"], true) << check.out;
+    EXPECT_EQ(domstate(name), "running (unpaused)");
+}
+
 TEST_F(LibvirtDomainTest, SamplePatchAppliesAndRevertsByDomainName) {
     const std::string original = domain_->run_ok(std::string(kCmdlineOracle));
     ASSERT_NE(original, kCmdlinePatchedOutput);
