@@ -238,6 +238,14 @@ TYPED_TEST(LibvirtTargetTest, ARunningDomainIsRunningAfterwardsAndTheEventsPairU
     ASSERT_EQ(r.exit_code, 0) << r.describe();
     EXPECT_EQ(domstate(name), "running (unpaused)");
     EXPECT_EQ(this->domain_->run_ok("echo alive"), "alive\n");
+    // The gdbstub hvpatch started through libvirt is gone again.
+    CommandResult chardevs = virsh({"qemu-monitor-command", "--hmp", name, "info chardev"});
+    ASSERT_EQ(chardevs.exit_code, 0) << chardevs.describe();
+    EXPECT_NE(chardevs.out.find("serial1"), std::string::npos) << chardevs.out;
+    // (QEMU keeps an internal "#chrN: filename=gdb" for the stub's console
+    // after `gdbserver none`; the socket chardev "gdb" is what must be gone.)
+    EXPECT_NE(chardevs.out.rfind("gdb: ", 0), 0u) << chardevs.out;
+    EXPECT_EQ(chardevs.out.find("\ngdb: "), std::string::npos) << chardevs.out;
     // What an operator watching `virsh event` sees (docs/operator-guide.md).
     std::cout << "lifecycle events during hvpatch ps: " << joined(events) << "\n";
     ASSERT_FALSE(events.empty()) << "hvpatch pauses the guest: libvirt must have seen it";
