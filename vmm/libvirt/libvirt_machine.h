@@ -21,6 +21,9 @@ public:
     VmRecordStore* record_store() override { return &records_; }
 
 private:
+    // The monitor QemuMachine owns holds the domain (and its connection)
+    // too: QemuMachine's destructor, which restores the run state through
+    // it, runs after this class's members are gone.
     LibvirtMachine(std::shared_ptr<LibvirtDomain> domain, QemuMachineOptions options);
     std::shared_ptr<LibvirtDomain> domain_;
     LibvirtRecordStore records_;

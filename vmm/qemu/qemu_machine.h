@@ -2,14 +2,14 @@
 // (QmpSocketMonitor) or libvirt's monitor pass-through (LibvirtMachine
 // derives from this class and adds what libvirt knows).
 //
-// Control and identity go through the monitor (QMP); registers, breakpoints and memory
-// writes through QEMU's gdbstub, which hvpatch starts on a private UNIX
+// Control and identity go through the monitor (QMP); registers, breakpoints
+// and memory writes through QEMU's gdbstub, which hvpatch starts on a private UNIX
 // socket when it first needs it (HMP `gdbserver`) and removes again; guest
 // RAM is read from the shared RAM file when the memory backend is a
 // `memory-backend-file` with share=on, else through the stub.
 //
-// Run control: while no gdb client is attached, pause/resume are QMP
-// stop/cont. Once attached, they go through the stub (0x03 / `c`), because
+// Run control: while no gdb client is attached, pause/resume are the
+// monitor's stop/cont. Once attached, they go through the stub (0x03 / `c`), because
 // QEMU reports every stop to an attached client and the stub's idea of the
 // run state must stay in step with ours. Attaching stops a running VM.
 #pragma once
@@ -64,9 +64,6 @@ public:
 
     // The QMP status string QEMU reported when the machine was opened.
     const std::string& initial_status() const { return initial_status_; }
-
-protected:
-    QemuMonitor& monitor() { return *monitor_; }
 
 private:
     void discover_memory();
