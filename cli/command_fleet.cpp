@@ -239,7 +239,7 @@ void run_fleet(const FleetCommandOptions& opt, GlobalOptions& global) {
 }
 
 void add_shared_options(CLI::App* cmd, FleetCommandOptions& opt) {
-    cmd->add_option("targets", opt.targets, "targets (qmp:PATH, libvirt domain name or UUID)");
+    cmd->add_option("targets", opt.targets, std::string("targets: each a ") + kTargetHelp);
     cmd->add_flag("--all-running", opt.all_running, "every running domain of the libvirt connection");
     cmd->add_option("--parallel", opt.parallel, "at most this many targets at once")->capture_default_str();
     opt.timeout = cmd->add_option("--timeout", opt.timeout_s, "as for apply/revert (default 60)");
