@@ -61,7 +61,8 @@ std::string own_executable() {
 
 // The options of the hvpatch command itself that a child must share with
 // this run: the same audit log, state directory and libvirt connection.
-// (A global option added to GlobalOptions belongs here too.)
+// (A global option added to GlobalOptions belongs here too: --audit-syslog
+// once it exists.)
 std::vector<std::string> child_global_arguments(const GlobalOptions& global) {
     std::vector<std::string> args;
     if (!global.audit_log.empty()) args.insert(args.end(), {"--audit-log", global.audit_log});
