@@ -201,9 +201,8 @@ void run_status(const PatchCommandOptions& opt, const GlobalOptions& global) {
         std::printf("UNFINISHED: %s; hvpatch apply --resume or hvpatch revert takes over%s\n",
                     r.unfinished_operation.c_str(),
                     r.vm_running ? "" : " (and resumes the VM if that hvpatch had found it running)");
-    if (r.stale)
-        std::printf("STALE: the recorded state is from boot %s; the guest rebooted since, none of it is live\n",
-                    r.stale_boot_id.c_str());
+    if (r.stale) std::printf("STALE: %s\n", r.stale_reason.c_str());
+    std::printf("record kept in %s\n", r.state_location.c_str());
     if (r.patches.empty()) std::printf("no patches applied by hvpatch\n");
     for (const auto& p : r.patches) {
         std::printf("%s  %s  sha256 %s  memory %s+%s  since %s%s\n", p.patch.name.c_str(), to_string(p.patch.phase),

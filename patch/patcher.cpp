@@ -19,6 +19,7 @@
 #include "patch/module_image.h"
 #include "patch/operation_lock.h"
 #include "patch/posix_file.h"
+#include "patch/vm_state_store.h"
 #include "vmm/interrupt.h"
 
 namespace hvpatch {
@@ -74,9 +75,14 @@ std::string guest_boot_id(GuestKernel& kernel) {
 }
 
 std::vector<ForeignCode> applied_patch_code(Machine& machine, GuestKernel& kernel, const std::string& state_dir) {
-    auto state = load_vm_state(state_dir.empty() ? default_state_dir() : state_dir, machine.identity().key());
-    if (!state || state->boot_id != guest_boot_id(kernel)) return {};
+    const std::string key = machine.identity().key();
+    auto state = open_vm_state_store(machine, state_dir, key)->load();
+    if (!state || !is_current_record(*state, key, guest_boot_id(kernel))) return {};
     return foreign_code_of(*state);
+}
+
+bool is_current_record(const VmState& state, const std::string& vm_key, const std::string& boot_id) {
+    return state.boot_id == boot_id && state.vm_key == vm_key;
 }
 
 // Everything one operation holds: the lock, the guest kernel, the state.
@@ -85,6 +91,7 @@ struct Patcher::Session {
     PatchOptions& options;
     MachineIdentity id;
     std::string state_dir;
+    std::unique_ptr<VmStateStore> store;
     std::unique_ptr<OperationLock> lock;
     std::unique_ptr<GuestKernel> kernel;
     std::unique_ptr<GuestLivepatch> livepatch;
@@ -118,8 +125,9 @@ struct Patcher::Session {
         // What follows reads only kernel text and static data until a step
         // freezes again for a consistent view: keep the pause short.
         if (was_running) thaw();
-        auto loaded = load_vm_state(state_dir, id.key());
-        if (loaded && loaded->boot_id != boot_id) {
+        store = open_vm_state_store(machine, state_dir, id.key());
+        auto loaded = store->load();
+        if (loaded && !is_current_record(*loaded, id.key(), boot_id)) {
             stale = std::move(loaded);
             loaded.reset();
         }
@@ -218,11 +226,11 @@ struct Patcher::Session {
     }
     void save(AppliedPatch& patch) {
         patch.updated_at = utc_now_iso8601();
-        save_vm_state(state_dir, state);
+        store->save(state);
     }
     void forget(const std::string& name) {
         std::erase_if(state.patches, [&](const AppliedPatch& p) { return p.name == name; });
-        save_vm_state(state_dir, state);
+        store->save(state);
     }
     std::vector<std::uint8_t> read_guest(std::uint64_t address, std::size_t size) {
         return to_vector(kernel->memory().read_bytes(GuestVirtAddr{address}, size));
@@ -936,9 +944,16 @@ StatusReport Patcher::status() {
     report.boot_id = s.boot_id;
     report.vm_running = s.was_running;
     if (!s.unfinished.empty()) report.unfinished_operation = describe_unfinished_operation(s.unfinished);
+    report.state_location = s.store->location();
     if (s.stale) {
         report.stale = true;
         report.stale_boot_id = s.stale->boot_id;
+        report.stale_reason =
+            s.stale->vm_key != s.id.key()
+                ? "the record was written for another VM (" + s.stale->vm_key +
+                      "): the domain was copied with its metadata; none of it is live here"
+                : "the recorded state is from boot " + s.stale->boot_id +
+                      "; the guest rebooted since, none of it is live";
     }
     s.freeze();
     for (const auto& patch : s.state.patches) {
@@ -1047,6 +1062,8 @@ nlohmann::json StatusReport::to_json() const {
             {"unfinished_operation", unfinished_operation},
             {"stale", stale},
             {"stale_boot_id", stale_boot_id},
+            {"stale_reason", stale_reason},
+            {"state_location", state_location},
             {"patches", ps},
             {"klp_target_state", klp_target_state},
             {"guest_transition", guest_transition},

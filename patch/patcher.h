@@ -106,8 +106,10 @@ struct StatusReport {
     // finish"; "" if the last one finished. The next apply --resume or
     // revert takes over (and resumes a VM that hvpatch left paused).
     std::string unfinished_operation;
-    bool stale = false;  // the recorded state is from an earlier boot
+    bool stale = false;  // the recorded state is from an earlier boot, or another VM's
     std::string stale_boot_id;
+    std::string stale_reason;  // for people: which of the two, and what it means
+    std::string state_location;  // where the record is kept (file or domain metadata)
     std::vector<PatchStatus> patches;
     int klp_target_state = -1;
     bool guest_transition = false;
@@ -138,6 +140,11 @@ private:
 // (from the state directory; empty when there is no current record), so
 // that stack listings unwind through it. The machine must be paused.
 std::vector<ForeignCode> applied_patch_code(Machine& machine, class GuestKernel& kernel, const std::string& state_dir);
+
+// Whether a record describes the running guest: written for this VM (its
+// key: a domain copied with its metadata carries its origin's record) during
+// this boot (after a reboot nothing of it is in the guest any more).
+bool is_current_record(const VmState& state, const std::string& vm_key, const std::string& boot_id);
 
 // A string that changes on every guest boot: SHA-256 over the KASLR
 // offset, init_task's stack canary (random per boot) and the banner.
