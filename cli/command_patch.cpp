@@ -10,6 +10,7 @@
 #include "cli/commands.h"
 #include "cli/output.h"
 #include "hvpatch/error.h"
+#include "patch/audit_syslog.h"
 #include "patch/operation_lock.h"
 #include "patch/patcher.h"
 #include "patch/posix_file.h"
@@ -91,6 +92,7 @@ PatchOptions patch_options(const PatchCommandOptions& opt, const GlobalOptions& 
     PatchOptions options;
     options.state_dir = global.state_dir;
     options.audit_log = global.audit_log;
+    options.audit_syslog = global.audit_syslog || audit_syslog_from_environment();
     options.force_switch = opt.force;
     options.force_vermagic = opt.force_vermagic;
     if (opt.timeout_s <= 0 || opt.signal_after_s < 0 || opt.interval_ms <= 0)

@@ -12,6 +12,7 @@
 #include "introspect/modules.h"
 #include "introspect/tasks.h"
 #include "patch/audit_log.h"
+#include "patch/audit_syslog.h"
 #include "patch/guest_call.h"
 #include "patch/guest_livepatch.h"
 #include "patch/kernel_write.h"
@@ -242,7 +243,9 @@ struct Patcher::Session {
     json audit_base(const std::string& operation) const {
         json record = {{"operation", operation},
                        {"vm", {{"key", id.key()}, {"uuid", id.uuid}, {"name", id.name}, {"target", id.target}}},
-                       {"kernel", {{"release", kernel ? kernel->info().release : ""}, {"boot_id", boot_id}}}};
+                       {"kernel", {{"release", kernel ? kernel->info().release : ""}, {"boot_id", boot_id}}},
+                       {"state_location", store->location()}};
+        if (!id.connection.empty()) record["vm"]["connection"] = id.connection;
         if (lock && !unfinished.empty()) record["took_over"] = describe_unfinished_operation(unfinished);
         return record;
     }
@@ -250,7 +253,8 @@ struct Patcher::Session {
         // Integers only: the audit chain hashes a canonical text, which floats would make fragile.
         record["pauses"] = {{"freezes", freezes}, {"total_us", us(paused_total)}, {"max_us", us(paused_max)}};
         std::string path = options.audit_log.empty() ? default_audit_log_path() : options.audit_log;
-        AuditLog(path).append(std::move(record));
+        json stored = AuditLog(path).append(std::move(record));
+        if (options.audit_syslog) send_audit_to_syslog(stored, path);
     }
 };
 
@@ -560,13 +564,22 @@ void finish_patch(Patcher::Session& s, AppliedPatch& patch) {
 
 namespace {
 
+json functions_json(const std::vector<RedirectedFunction>& functions) {
+    json out = json::array();
+    for (const auto& f : functions) out.push_back(function_json(f));
+    return out;
+}
+
 // An operation that ended in an error is audited once, unless a rollback
-// path already wrote its own outcome.
-void audit_failure(Patcher::Session& s, json& record, const char* outcome, const Error& e) {
+// path already wrote its own outcome; with the functions it had got as far
+// as planning (their addresses and bytes), if any.
+void audit_failure(Patcher::Session& s, json& record, const char* outcome, const Error& e,
+                   const std::vector<RedirectedFunction>& functions) {
     if (record.contains("outcome")) return;
     IgnoreInterrupts ignore;
     record["outcome"] = outcome;
     record["error"] = e.what();
+    if (!functions.empty()) record["functions"] = functions_json(functions);
     try {
         s.audit(record);
     } catch (...) {
@@ -580,8 +593,7 @@ void audit_success(Patcher::Session& s, OperationReport& report, json& record, C
     report.paused_max = s.paused_max;
     report.total_time = Clock::now() - t0;
     record["outcome"] = report.outcome;
-    record["functions"] = json::array();
-    for (const auto& f : report.functions) record["functions"].push_back(function_json(f));
+    record["functions"] = functions_json(report.functions);
     record["passes"] = report.passes;
     record["blockers"] = blockers_json(report.first_blockers);
     if (!report.forced.empty()) record["forced"] = blockers_json(report.forced);
@@ -708,6 +720,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                                         static_cast<int>(layout.rodata_size / kPage));
                 s.after_call();
                 patch->functions = functions;
+                report.functions = functions;
                 patch->orc_ip_table = image.orc_unwind_ip;
                 patch->orc_table = image.orc_unwind;
                 patch->orc_entries = image.orc_entries;
@@ -732,6 +745,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
         }
         report.base = patch->base;
         report.size = patch->size;
+        report.functions = patch->functions;
 
         TransitionDriver driver{s, 0, {}};
         TransitionPass pass =
@@ -760,6 +774,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                 finish_unpatch(s, *patch, Clock::now() + options_.timeout);
                 report.outcome = "rolled-back";
                 report.passes = driver.passes;
+                record["functions"] = functions_json(report.functions);
                 record["outcome"] = "rolled-back";
                 record["error"] = why;
                 s.thaw();
@@ -774,7 +789,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
         report.first_blockers = driver.first_blockers;
         report.transition_time = driver.time;
     } catch (const Error& e) {
-        audit_failure(s, record, touched ? "failed" : "refused", e);
+        audit_failure(s, record, touched ? "failed" : "refused", e, report.functions);
         throw;
     }
     record["memory"] = {{"base", hex(report.base)}, {"size", report.size}};
@@ -846,6 +861,7 @@ OperationReport Patcher::revert(const std::string& name) {
                         throw Error(ErrorKind::Timeout, why + "; re-applying did not complete either; state kept: "
                                                               "run hvpatch revert " + name + " again");
                     finish_patch(s, *patch);
+                    record["functions"] = functions_json(report.functions);
                     record["outcome"] = "revert-rolled-back";
                     record["error"] = why;
                     s.thaw();
@@ -861,7 +877,7 @@ OperationReport Patcher::revert(const std::string& name) {
         report.first_blockers = driver.first_blockers;
         report.transition_time = driver.time;
     } catch (const Error& e) {
-        audit_failure(s, record, "failed", e);
+        audit_failure(s, record, "failed", e, report.functions);
         throw;
     }
     audit_success(s, report, record, t0);

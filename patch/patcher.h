@@ -41,6 +41,7 @@ struct TransitionProgress {
 struct PatchOptions {
     std::string state_dir;  // "" = default_state_dir()
     std::string audit_log;  // "" = default_audit_log_path()
+    bool audit_syslog = false;  // also send each audit record to syslog (audit_syslog.h)
     bool force_vermagic = false;  // load a module built for another release
     bool force_switch = false;    // at the timeout, switch the remaining tasks instead of rolling back
     std::chrono::milliseconds timeout{60000};
