@@ -12,6 +12,7 @@
 //      sees a mixed pairing.
 // Every test ends with no Oops/BUG/WARN in the guest's console.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -155,6 +156,26 @@ TEST_F(PatchApplyTest, SampleAppliesAndRevertsLeavingEveryByteAsBefore) {
     ASSERT_GE(records.size(), 2u);
     EXPECT_EQ(records[records.size() - 2]["operation"], "apply");
     EXPECT_EQ(records[records.size() - 2]["outcome"], "applied");
+    // Everything the record must say: who, where, which VM and boot, which
+    // patch, which bytes changed, how long the guest was paused, who blocked.
+    const json& rec = records[records.size() - 2];
+    EXPECT_EQ(rec["user"]["uid"], ::getuid());
+    EXPECT_TRUE(rec["user"]["name"].is_string()) << rec.dump(2);
+    EXPECT_FALSE(rec["host"].get<std::string>().empty());
+    EXPECT_EQ(rec["vm"]["key"], status["vm"]["key"]);
+    EXPECT_EQ(rec["vm"]["uuid"], status["vm"]["uuid"]);
+    EXPECT_EQ(rec["kernel"]["release"], guest_->release());
+    EXPECT_EQ(rec["kernel"]["boot_id"], status["boot_id"]);
+    EXPECT_EQ(rec["patch"]["name"], "livepatch_cmdline");
+    EXPECT_EQ(rec["patch"]["sha256"], applied["sha256"]);
+    ASSERT_EQ(rec["functions"].size(), 1u) << rec.dump(2);
+    EXPECT_EQ(rec["functions"][0]["address"], f["address"]);
+    EXPECT_EQ(rec["functions"][0]["bytes_before"], "0f 1f 44 00 00");
+    EXPECT_EQ(rec["functions"][0]["bytes_after"], f["bytes_after"]);
+    EXPECT_GT(rec["pauses"]["freezes"].get<int>(), 0);
+    EXPECT_TRUE(rec["blockers"].is_array());
+    EXPECT_EQ(rec["state_location"], status["state_location"]);
+    EXPECT_EQ(status["state_location"], *dir_ + "/state/" + status["vm"]["key"].get<std::string>() + ".json");
     EXPECT_EQ(records.back()["operation"], "revert");
     EXPECT_EQ(records.back()["outcome"], "reverted");
 }
@@ -228,6 +249,10 @@ TEST_F(PatchApplyTest, TimeoutRollsBackAndNamesTheBlockers) {
     ASSERT_FALSE(records.empty());
     EXPECT_EQ(records.back()["outcome"], "rolled-back");
     EXPECT_FALSE(records.back()["blockers"].empty());
+    // The rolled-back record names the function whose entry was changed and changed back.
+    ASSERT_EQ(records.back()["functions"].size(), 1u) << records.back().dump(2);
+    EXPECT_EQ(std::stoull(records.back()["functions"][0]["address"].get<std::string>(), nullptr, 16), entry);
+    EXPECT_EQ(records.back()["functions"][0]["bytes_before"], "0f 1f 44 00 00");
 }
 
 TEST_F(PatchApplyTest, ForceSwitchesTheBlockersLoudly) {
