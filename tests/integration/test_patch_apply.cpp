@@ -9,7 +9,10 @@
 //      does, and then sleep in the new copy; revert brings them back;
 //   3. the prototype change (proc_pid_statm + task_statm): a checker in the
 //      guest hammers /proc/PID/statm through apply and revert and never
-//      sees a mixed pairing.
+//      sees a mixed pairing;
+//   4. two patches on different functions at once, reverted in the order
+//      they were applied and in the other order: each stays in effect until
+//      its own revert, and every byte ends as before.
 // Every test ends with no Oops/BUG/WARN in the guest's console.
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -283,6 +286,49 @@ TEST_F(PatchApplyTest, PrototypeChangeNeverMixesCallerAndCalleeUnderLoad) {
     EXPECT_EQ(counts.wrong, 0) << counts.errors;
     EXPECT_GT(counts.patched, 0) << "the checker never saw the patched version";
     EXPECT_GT(counts.original, 0);
+}
+
+TEST_F(PatchApplyTest, TwoPatchesOnDifferentFunctionsLiveSideBySideAndRevertInEitherOrder) {
+    const std::string cmdline_before = guest_->run_ok(std::string(kCmdlineOracle));
+    const std::string statm_before = guest_->run_ok(std::string(kStatmOracle));
+    ASSERT_FALSE(statm_is_patched(statm_before));
+    const std::vector<std::uint64_t> entries = {guest_symbol("cmdline_proc_show"), guest_symbol("proc_pid_statm")};
+    std::vector<std::string> code_before;
+    for (auto entry : entries) code_before.push_back(guest_bytes(entry, 64));
+    const std::string areas_before = vmalloc_areas();
+    const std::string cmdline_ko = example_patch_ko(Example::Cmdline, guest_->release());
+    const std::string prototype_ko = example_patch_ko(Example::Prototype, guest_->release());
+
+    struct Order {
+        const char* first;
+        const char* second;
+    };
+    for (Order order : {Order{"livepatch_cmdline", "livepatch_prototype"},
+                        Order{"livepatch_prototype", "livepatch_cmdline"}}) {
+        SCOPED_TRACE(std::string("revert ") + order.first + " first");
+        ASSERT_EQ(hvpatch_json("apply", {cmdline_ko}).value("outcome", ""), "applied");
+        ASSERT_EQ(hvpatch_json("apply", {prototype_ko, "--signal-after", "2"}).value("outcome", ""), "applied");
+        EXPECT_EQ(guest_->run_ok(std::string(kCmdlineOracle)), kCmdlinePatchedOutput);
+        EXPECT_TRUE(statm_is_patched(guest_->run_ok(std::string(kStatmOracle))));
+        json status = hvpatch_json("status", {});
+        ASSERT_EQ(status["patches"].size(), 2u) << status.dump(2);
+        for (const auto& patch : status["patches"]) EXPECT_EQ(patch["phase"], "applied") << patch.dump(2);
+
+        ASSERT_EQ(hvpatch_json("revert", {order.first, "--signal-after", "2"}).value("outcome", ""), "reverted");
+        // The other patch is untouched by the first revert.
+        bool cmdline_left = std::string(order.second) == "livepatch_cmdline";
+        EXPECT_EQ(guest_->run_ok(std::string(kCmdlineOracle)) == kCmdlinePatchedOutput, cmdline_left);
+        EXPECT_EQ(statm_is_patched(guest_->run_ok(std::string(kStatmOracle))), !cmdline_left);
+        status = hvpatch_json("status", {});
+        ASSERT_EQ(status["patches"].size(), 1u) << status.dump(2);
+        EXPECT_EQ(status["patches"][0]["name"], order.second) << status.dump(2);
+
+        ASSERT_EQ(hvpatch_json("revert", {order.second, "--signal-after", "2"}).value("outcome", ""), "reverted");
+        EXPECT_EQ(guest_->run_ok(std::string(kCmdlineOracle)), cmdline_before);
+        EXPECT_FALSE(statm_is_patched(guest_->run_ok(std::string(kStatmOracle))));
+        for (std::size_t i = 0; i < entries.size(); ++i) EXPECT_EQ(guest_bytes(entries[i], 64), code_before[i]);
+        EXPECT_EQ(vmalloc_areas(), areas_before);
+    }
 }
 
 }  // namespace
