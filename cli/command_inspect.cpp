@@ -95,6 +95,7 @@ void inspect_machine(Machine& machine_ref, bool json) {
     std::vector<std::pair<int, VcpuRegisters>> vcpus;
     std::chrono::nanoseconds paused{0};
     KernelView kernel;
+    const MachineIdentity id = machine->identity();
     {
         // One freeze for everything reported.
         PauseGuard pause(*machine);
@@ -106,6 +107,7 @@ void inspect_machine(Machine& machine_ref, bool json) {
     if (json) {
         nlohmann::json doc;
         doc["target"] = machine->name();
+        doc["identity"] = {{"name", id.name}, {"uuid", id.uuid}, {"connection", id.connection}, {"key", id.key()}};
         doc["accelerator"] = accel;
         doc["run_state"] = found == RunState::Running ? "running" : "paused";
         doc["paused_ms"] = static_cast<double>(paused.count()) / 1e6;
@@ -122,6 +124,8 @@ void inspect_machine(Machine& machine_ref, bool json) {
     }
 
     std::printf("Target:       %s\n", machine->name().c_str());
+    std::printf("VM:           name %s, uuid %s\n", id.name.empty() ? "(none)" : id.name.c_str(),
+                id.uuid.empty() ? "(none)" : id.uuid.c_str());
     std::printf("Accelerator:  %s\n", accel.c_str());
     std::printf("Run state:    %s%s\n", found == RunState::Running ? "running" : "paused",
                 found == RunState::Running ? (" (paused by hvpatch for " + milliseconds(paused) + ")").c_str()
@@ -143,19 +147,19 @@ void inspect_machine(Machine& machine_ref, bool json) {
 
 namespace {
 
-void run_inspect(const InspectOptions& opt) {
-    auto machine = open_machine(opt.target);
+void run_inspect(const InspectOptions& opt, const GlobalOptions& global) {
+    auto machine = open_machine(opt.target, global.connection);
     inspect_machine(*machine, opt.json);
 }
 
 }  // namespace
 
-void add_inspect_command(CLI::App& app) {
+void add_inspect_command(CLI::App& app, const GlobalOptions& global) {
     auto opt = std::make_shared<InspectOptions>();
     auto* cmd = app.add_subcommand("inspect", "Show the VM: accelerator, vCPUs, RAM and how hvpatch reaches it");
-    cmd->add_option("target", opt->target, "qmp:PATH (QEMU's QMP socket)")->required();
+    cmd->add_option("target", opt->target, kTargetHelp)->required();
     cmd->add_flag("--json", opt->json, "Print a JSON document");
-    cmd->callback([opt] { run_inspect(*opt); });
+    cmd->callback([opt, &global] { run_inspect(*opt, global); });
 }
 
 }  // namespace hvpatch::cli

@@ -123,7 +123,7 @@ void print_blockers(const std::vector<TransitionBlocker>& blockers) {
 void run_check(const PatchCommandOptions& opt, GlobalOptions& global) {
     ProgressLine line(opt.json);
     OperationLock monitor = lock_monitor(global, opt.target, "check");
-    auto machine = open_machine(opt.target);
+    auto machine = open_machine(opt.target, global.connection);
     Patcher patcher(*machine, patch_options(opt, global, line));
     CheckReport report = patcher.check(opt.module);
     if (opt.json) {
@@ -169,7 +169,7 @@ void print_operation(const OperationReport& r, bool json) {
 void run_apply(const PatchCommandOptions& opt, const GlobalOptions& global) {
     ProgressLine line(opt.json);
     OperationLock monitor = lock_monitor(global, opt.target, "apply");
-    auto machine = open_machine(opt.target);
+    auto machine = open_machine(opt.target, global.connection);
     Patcher patcher(*machine, patch_options(opt, global, line));
     OperationReport report = patcher.apply(opt.module, opt.resume);
     line.end();
@@ -179,7 +179,7 @@ void run_apply(const PatchCommandOptions& opt, const GlobalOptions& global) {
 void run_revert(const PatchCommandOptions& opt, const GlobalOptions& global) {
     ProgressLine line(opt.json);
     OperationLock monitor = lock_monitor(global, opt.target, "revert");
-    auto machine = open_machine(opt.target);
+    auto machine = open_machine(opt.target, global.connection);
     Patcher patcher(*machine, patch_options(opt, global, line));
     OperationReport report = patcher.revert(opt.name);
     line.end();
@@ -189,7 +189,7 @@ void run_revert(const PatchCommandOptions& opt, const GlobalOptions& global) {
 void run_status(const PatchCommandOptions& opt, const GlobalOptions& global) {
     ProgressLine line(opt.json);
     OperationLock monitor = lock_monitor(global, opt.target, "status");
-    auto machine = open_machine(opt.target);
+    auto machine = open_machine(opt.target, global.connection);
     Patcher patcher(*machine, patch_options(opt, global, line));
     StatusReport r = patcher.status();
     if (opt.json) {
@@ -236,14 +236,14 @@ void add_transition_options(CLI::App* cmd, PatchCommandOptions& opt) {
 void add_patch_commands(CLI::App& app, GlobalOptions& global) {
     auto opt = std::make_shared<PatchCommandOptions>();
     auto* check = app.add_subcommand("check", "Dry run: what apply would patch, where, and what blocks now");
-    check->add_option("target", opt->target, "qmp:PATH")->required();
+    check->add_option("target", opt->target, kTargetHelp)->required();
     check->add_option("module", opt->module, "livepatch module (.ko)")->required();
     check->add_flag("--force-vermagic", opt->force_vermagic, "accept a module built for another kernel release");
     check->add_flag("--json", opt->json, "JSON output");
     check->callback([opt, &global] { run_check(*opt, global); });
 
     auto* apply = app.add_subcommand("apply", "Load a livepatch module into the running guest kernel");
-    apply->add_option("target", opt->target, "qmp:PATH")->required();
+    apply->add_option("target", opt->target, kTargetHelp)->required();
     apply->add_option("module", opt->module, "livepatch module (.ko)")->required();
     apply->add_flag("--resume", opt->resume, "finish an apply that was interrupted");
     apply->add_flag("--force-vermagic", opt->force_vermagic, "load a module built for another kernel release");
@@ -252,14 +252,14 @@ void add_patch_commands(CLI::App& app, GlobalOptions& global) {
     apply->callback([opt, &global] { run_apply(*opt, global); });
 
     auto* revert = app.add_subcommand("revert", "Take a patch out again; the kernel's code is restored exactly");
-    revert->add_option("target", opt->target, "qmp:PATH")->required();
+    revert->add_option("target", opt->target, kTargetHelp)->required();
     revert->add_option("name", opt->name, "patch name (as status shows it)")->required();
     add_transition_options(revert, *opt);
     revert->add_flag("--json", opt->json, "JSON output");
     revert->callback([opt, &global] { run_revert(*opt, global); });
 
     auto* status = app.add_subcommand("status", "What hvpatch has applied to a VM, checked against the guest");
-    status->add_option("target", opt->target, "qmp:PATH")->required();
+    status->add_option("target", opt->target, kTargetHelp)->required();
     status->add_flag("--json", opt->json, "JSON output");
     status->callback([opt, &global] { run_status(*opt, global); });
 }

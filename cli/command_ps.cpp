@@ -16,14 +16,14 @@ struct PsOptions {
     bool json = false;
 };
 
-void run_ps(const PsOptions& opt, const std::string& state_dir) {
-    Snapshot snap(opt.target);
+void run_ps(const PsOptions& opt, const GlobalOptions& global) {
+    Snapshot snap(opt.target, global.connection);
     std::vector<GuestTask> tasks = list_tasks(snap.kernel());
     // Where each task waits: the first frame of its stack outside the
     // scheduler (like wchan). Running tasks have none.
     std::vector<std::string> waits;
     {
-        StackWalker walker(snap.kernel(), applied_patch_code(snap.machine(), snap.kernel(), state_dir));
+        StackWalker walker(snap.kernel(), applied_patch_code(snap.machine(), snap.kernel(), global.state_dir));
         for (const auto& t : tasks) {
             std::string wait;
             if (!t.running_on) {
@@ -84,9 +84,9 @@ void run_ps(const PsOptions& opt, const std::string& state_dir) {
 void add_ps_command(CLI::App& app, const GlobalOptions& global) {
     auto opt = std::make_shared<PsOptions>();
     auto* cmd = app.add_subcommand("ps", "List the guest's tasks (from one freeze)");
-    cmd->add_option("target", opt->target, "qmp:PATH")->required();
+    cmd->add_option("target", opt->target, kTargetHelp)->required();
     cmd->add_flag("--json", opt->json, "Print JSON");
-    cmd->callback([opt, &global] { run_ps(*opt, global.state_dir); });
+    cmd->callback([opt, &global] { run_ps(*opt, global); });
 }
 
 }  // namespace hvpatch::cli

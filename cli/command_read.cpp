@@ -23,7 +23,7 @@ struct ReadOptions {
     int vcpu = -1;
 };
 
-void run_read(const ReadOptions& opt) {
+void run_read(const ReadOptions& opt, const GlobalOptions& global) {
     if (opt.physical == opt.virtual_) throw Error(ErrorKind::Usage, "read: give exactly one of --phys and --virt");
     if (opt.physical && (!opt.cr3_text.empty() || opt.vcpu >= 0))
         throw Error(ErrorKind::Usage, "read: --cr3 and --vcpu apply to --virt only");
@@ -36,7 +36,7 @@ void run_read(const ReadOptions& opt) {
     std::optional<std::uint64_t> cr3;
     if (!opt.cr3_text.empty()) cr3 = parse_number(opt.cr3_text, "CR3");
 
-    auto machine = open_machine(opt.target);
+    auto machine = open_machine(opt.target, global.connection);
     std::vector<std::byte> data(length);
     {
         PauseGuard pause(*machine);
@@ -73,10 +73,10 @@ void run_read(const ReadOptions& opt) {
 
 }  // namespace
 
-void add_read_command(CLI::App& app) {
+void add_read_command(CLI::App& app, const GlobalOptions& global) {
     auto opt = std::make_shared<ReadOptions>();
     auto* cmd = app.add_subcommand("read", "Read guest memory (physical, or virtual through a CR3)");
-    cmd->add_option("target", opt->target, "qmp:PATH")->required();
+    cmd->add_option("target", opt->target, kTargetHelp)->required();
     cmd->add_option("address", opt->address_text, "start address (0x... or decimal)")->required();
     cmd->add_option("length", opt->length_text, "bytes to read (decimal, 0x..., or with k/m/g)")->required();
     cmd->add_flag("--phys", opt->physical, "ADDR is guest-physical");
@@ -86,7 +86,7 @@ void add_read_command(CLI::App& app) {
         ->check(CLI::Range(0, 4095));
     cmd->add_option("--out", opt->out, "write the raw bytes to FILE instead of a hex dump");
     cmd->add_flag("--json", opt->json, "Print a JSON document (bytes as hex unless --out)");
-    cmd->callback([opt] { run_read(*opt); });
+    cmd->callback([opt, &global] { run_read(*opt, global); });
 }
 
 }  // namespace hvpatch::cli

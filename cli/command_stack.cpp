@@ -58,11 +58,11 @@ std::string stack_text(const GuestTask& task, const TaskStack& stack) {
     return out;
 }
 
-void run_stack(const StackOptions& opt, const std::string& state_dir) {
+void run_stack(const StackOptions& opt, const GlobalOptions& global) {
     if (opt.all == !opt.pids.empty()) throw Error(ErrorKind::Usage, "stack: give PIDs or --all");
-    Snapshot snap(opt.target);
+    Snapshot snap(opt.target, global.connection);
     std::vector<GuestTask> tasks = list_tasks(snap.kernel());
-    StackWalker walker(snap.kernel(), applied_patch_code(snap.machine(), snap.kernel(), state_dir));
+    StackWalker walker(snap.kernel(), applied_patch_code(snap.machine(), snap.kernel(), global.state_dir));
     std::vector<std::pair<GuestTask, TaskStack>> stacks;
     std::set<int> wanted(opt.pids.begin(), opt.pids.end());
     for (const auto& task : tasks) {
@@ -100,11 +100,11 @@ void run_stack(const StackOptions& opt, const std::string& state_dir) {
 void add_stack_command(CLI::App& app, const GlobalOptions& global) {
     auto opt = std::make_shared<StackOptions>();
     auto* cmd = app.add_subcommand("stack", "Show guest tasks' kernel stacks with a reliability verdict");
-    cmd->add_option("target", opt->target, "qmp:PATH")->required();
+    cmd->add_option("target", opt->target, kTargetHelp)->required();
     cmd->add_option("pids", opt->pids, "task ids (pid 0: the idle tasks)");
     cmd->add_flag("--all", opt->all, "every task");
     cmd->add_flag("--json", opt->json, "Print JSON");
-    cmd->callback([opt, &global] { run_stack(*opt, global.state_dir); });
+    cmd->callback([opt, &global] { run_stack(*opt, global); });
 }
 
 }  // namespace hvpatch::cli

@@ -30,12 +30,12 @@ nlohmann::json symbol_json(const KernelSymbol& s) {
     return j;
 }
 
-void run_sym(const SymOptions& opt) {
+void run_sym(const SymOptions& opt, const GlobalOptions& global) {
     if (opt.all == !opt.query.empty()) throw Error(ErrorKind::Usage, "sym: give a NAME, an ADDR, or --all");
     bool by_address = opt.query.rfind("0x", 0) == 0;
     std::uint64_t address = by_address ? parse_number(opt.query, "address") : 0;
 
-    Snapshot snap(opt.target);
+    Snapshot snap(opt.target, global.connection);
     const KallsymsTable& table = snap.kernel().symbols();
     ModuleSymbolResolver modules = ModuleSymbolResolver::for_kernel(snap.kernel());
     std::vector<KernelSymbol> symbols;
@@ -89,14 +89,14 @@ void run_sym(const SymOptions& opt) {
 
 }  // namespace
 
-void add_sym_command(CLI::App& app) {
+void add_sym_command(CLI::App& app, const GlobalOptions& global) {
     auto opt = std::make_shared<SymOptions>();
     auto* cmd = app.add_subcommand("sym", "Resolve guest kernel symbols (like /proc/kallsyms)");
-    cmd->add_option("target", opt->target, "qmp:PATH")->required();
+    cmd->add_option("target", opt->target, kTargetHelp)->required();
     cmd->add_option("query", opt->query, "symbol NAME, or ADDR (0x...) to resolve to symbol+offset/size");
     cmd->add_flag("--all", opt->all, "every symbol, in /proc/kallsyms format");
     cmd->add_flag("--json", opt->json, "Print JSON");
-    cmd->callback([opt] { run_sym(*opt); });
+    cmd->callback([opt, &global] { run_sym(*opt, global); });
 }
 
 }  // namespace hvpatch::cli

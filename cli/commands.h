@@ -17,14 +17,18 @@ struct GlobalOptions {
     int exit_code = 0;      // a verb's verdict that is not an error (check: would refuse)
 };
 
-void add_inspect_command(CLI::App& app);
-void add_read_command(CLI::App& app);
+void add_inspect_command(CLI::App& app, const GlobalOptions& global);
+void add_read_command(CLI::App& app, const GlobalOptions& global);
 void add_demo_command(CLI::App& app, const GlobalOptions& global);
-void add_sym_command(CLI::App& app);
+void add_sym_command(CLI::App& app, const GlobalOptions& global);
 void add_ps_command(CLI::App& app, const GlobalOptions& global);
 void add_stack_command(CLI::App& app, const GlobalOptions& global);
 void add_patch_commands(CLI::App& app, GlobalOptions& global);  // check, apply, revert, status
 void add_audit_command(CLI::App& app, GlobalOptions& global);   // audit show, audit verify
+
+// What a verb's TARGET argument is, for --help.
+inline constexpr const char* kTargetHelp =
+    "libvirt domain name or UUID (on -c URI), or qmp:PATH (a QEMU's QMP socket)";
 
 // Exit code of `hvpatch audit verify` when the log fails verification: a
 // verdict, not an error of hvpatch (1) or of the command line (2).

@@ -33,15 +33,17 @@ int main(int argc, char** argv) {
     // Global options may follow the verb too. Set before the verbs are
     // added: a subcommand copies its parent's fallthrough when created.
     app.fallthrough();
-    cli::add_inspect_command(app);
-    cli::add_read_command(app);
-    cli::add_sym_command(app);
     cli::GlobalOptions global;
+    cli::add_inspect_command(app, global);
+    cli::add_read_command(app, global);
+    cli::add_sym_command(app, global);
     cli::add_ps_command(app, global);
     cli::add_stack_command(app, global);
     cli::add_demo_command(app, global);
     cli::add_patch_commands(app, global);
     cli::add_audit_command(app, global);
+    app.add_option("-c,--connect", global.connection,
+                   "libvirt URI of a domain TARGET; default $LIBVIRT_DEFAULT_URI or qemu:///system (as virsh)");
     app.add_option("--audit-log", global.audit_log,
                    "audit log (JSON Lines); default $HVPATCH_AUDIT_LOG or /var/log/hvpatch/audit.jsonl");
     app.add_option("--state-dir", global.state_dir,

@@ -2,7 +2,8 @@
 
 namespace hvpatch::cli {
 
-Snapshot::Snapshot(const std::string& target) : machine_(open_machine(target)) {
+Snapshot::Snapshot(const std::string& target, const std::string& connection)
+    : machine_(open_machine(target, connection)) {
     was_running_ = machine_->run_state() == RunState::Running;
     pause_.emplace(*machine_);
     kernel_ = GuestKernel::open(*machine_);

@@ -17,7 +17,8 @@ namespace hvpatch::cli {
 class Snapshot {
 public:
     // Opens the target, pauses it (if running) and decodes its kernel.
-    explicit Snapshot(const std::string& target);
+    // `connection`: the libvirt URI for a domain target ("" = as virsh chooses).
+    Snapshot(const std::string& target, const std::string& connection);
     // Resumes (if it paused) — call before printing so the guest is paused
     // no longer than needed. Idempotent; the destructor calls it too.
     void release();

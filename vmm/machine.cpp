@@ -3,25 +3,27 @@
 #include <cctype>
 
 #include "hvpatch/error.h"
+#include "vmm/libvirt/libvirt_connection.h"
+#include "vmm/libvirt/libvirt_machine.h"
 #include "vmm/qemu/qemu_machine.h"
+#include "vmm/qemu/qmp_socket_monitor.h"
 
 namespace hvpatch {
 
 std::unique_ptr<Machine> open_machine(const std::string& target, const std::string& connection) {
-    (void)connection;
     const std::string qmp_prefix = "qmp:";
     if (target.rfind(qmp_prefix, 0) == 0) {
         std::string path = target.substr(qmp_prefix.size());
         if (path.empty()) throw Error(ErrorKind::Usage, "target 'qmp:' needs a socket path: qmp:PATH");
         // QmpClient's errors already name the socket ("qmp:PATH ...").
-        return std::make_unique<QemuMachine>(QmpClient::connect(path), target);
+        return std::make_unique<QemuMachine>(std::make_unique<QmpSocketMonitor>(QmpClient::connect(path)), target);
     }
-    throw Error(ErrorKind::Usage, "unknown target '" + target + "': expected qmp:PATH (libvirt domains: not yet)");
+    if (target.empty()) throw Error(ErrorKind::Usage, "an empty target: expected a libvirt domain or qmp:PATH");
+    return LibvirtMachine::open(target, connection);
 }
 
 std::vector<std::string> list_running_domains(const std::string& connection) {
-    (void)connection;
-    throw Error(ErrorKind::Usage, "libvirt domains: not yet");
+    return LibvirtConnection::open(connection)->active_domain_names();
 }
 
 std::string MachineIdentity::key() const {

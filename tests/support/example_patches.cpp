@@ -84,7 +84,7 @@ std::string example_patch_ko(Example id, const std::string& release) {
     return ko;
 }
 
-std::string put_example_patch(TestGuest& guest, Example id) {
+std::string put_example_patch(GuestShell& guest, Example id) {
     const ExamplePatch& example = example_patch(id);
     std::string ko = example_patch_ko(id, guest.release());
     char tmp[] = "/tmp/hvpatch-example-XXXXXX";
@@ -107,17 +107,17 @@ std::string put_example_patch(TestGuest& guest, Example id) {
     return guest_path;
 }
 
-void guest_insmod(TestGuest& guest, const std::string& guest_ko) {
+void guest_insmod(GuestShell& guest, const std::string& guest_ko) {
     if (guest_ko.find('\'') != std::string::npos) throw Error(ErrorKind::Usage, "bad guest path " + guest_ko);
     guest.run_ok("insmod '" + guest_ko + "'", 60s);
 }
 
-void guest_livepatch_disable(TestGuest& guest, std::string_view module) {
+void guest_livepatch_disable(GuestShell& guest, std::string_view module) {
     check_module_name(module);
     guest.run_ok("echo 0 > " + sysfs_dir(module) + "/enabled");
 }
 
-std::string guest_module_area_allocations(TestGuest& guest) {
+std::string guest_module_area_allocations(GuestShell& guest) {
     return guest.run_ok(
         "k=$(cat /proc/sys/kernel/kptr_restrict); echo 1 > /proc/sys/kernel/kptr_restrict; "
         "grep -E '^0xffffffff[c-f]' /proc/vmallocinfo"
@@ -125,22 +125,22 @@ std::string guest_module_area_allocations(TestGuest& guest) {
         "echo $k > /proc/sys/kernel/kptr_restrict; true");
 }
 
-void wait_guest_livepatch_gone(TestGuest& guest, std::string_view module, std::chrono::milliseconds timeout) {
+void wait_guest_livepatch_gone(GuestShell& guest, std::string_view module, std::chrono::milliseconds timeout) {
     guest.run_ok("while [ -e /sys/kernel/livepatch/" + std::string(module) + " ]; do usleep 10000; done", timeout);
 }
 
-void guest_rmmod(TestGuest& guest, std::string_view module) {
+void guest_rmmod(GuestShell& guest, std::string_view module) {
     check_module_name(module);
     guest.run_ok("rmmod " + std::string(module), 60s);
 }
 
-std::string guest_livepatch_transition(TestGuest& guest, std::string_view module) {
+std::string guest_livepatch_transition(GuestShell& guest, std::string_view module) {
     check_module_name(module);
     // As in wait_guest_livepatch_transition: a read that fails half-way is "gone".
     return trim(guest.run_ok("s=$(cat " + sysfs_dir(module) + "/transition 2>/dev/null) || s=gone; echo $s"));
 }
 
-std::string wait_guest_livepatch_transition(TestGuest& guest, std::string_view module,
+std::string wait_guest_livepatch_transition(GuestShell& guest, std::string_view module,
                                             std::chrono::milliseconds timeout) {
     check_module_name(module);
     const std::string file = sysfs_dir(module) + "/transition";
@@ -155,7 +155,7 @@ std::string wait_guest_livepatch_transition(TestGuest& guest, std::string_view m
     return trim(result.output);
 }
 
-double guest_transition_seconds(TestGuest& guest, std::string_view module, bool patching) {
+double guest_transition_seconds(GuestShell& guest, std::string_view module, bool patching) {
     check_module_name(module);
     std::string log = guest.run_ok("dmesg | grep -F \"'" + std::string(module) + "': \" || true");
     const std::string quoted = "'" + std::string(module) + "': ";
@@ -173,7 +173,7 @@ double guest_transition_seconds(TestGuest& guest, std::string_view module, bool 
     return started >= 0 && completed >= started ? completed - started : -1;
 }
 
-std::vector<GuestTaskPatchState> guest_tasks_in_patch_state(TestGuest& guest, int state) {
+std::vector<GuestTaskPatchState> guest_tasks_in_patch_state(GuestShell& guest, int state) {
     // `read` is a shell builtin: no fork per task.
     // Tasks may exit meanwhile: their errors go to /dev/null.
     std::string out = guest.run_ok("for d in /proc/[0-9]*/task/[0-9]*; do read -r s < $d/patch_state || continue; "
@@ -211,7 +211,7 @@ SleeperVersion sleeper_version(std::string_view stack) {
                                                                        : SleeperVersion::Original;
 }
 
-std::vector<int> sleep_workload_pids(TestGuest& guest) {
+std::vector<int> sleep_workload_pids(GuestShell& guest) {
     // (2>/dev/null first: a task that exits meanwhile makes `<` fail.)
     std::string out = guest.run_ok("for d in /proc/[0-9]*; do [ \"$(tr '\\0' ' ' 2>/dev/null < $d/cmdline)\" = "
                                    "'sleep 1000000 ' ] && echo ${d#/proc/}; done 2>/dev/null; true");
@@ -224,11 +224,11 @@ std::vector<int> sleep_workload_pids(TestGuest& guest) {
     return pids;
 }
 
-std::string guest_task_stack(TestGuest& guest, int pid) {
+std::string guest_task_stack(GuestShell& guest, int pid) {
     return guest.run_ok("cat /proc/" + std::to_string(pid) + "/stack");
 }
 
-SleeperVersion fresh_sleeper_version(TestGuest& guest, std::string* stack) {
+SleeperVersion fresh_sleeper_version(GuestShell& guest, std::string* stack) {
     // Wait until the new task's stack shows the nanosleep path (it is a
     // forked shell first, then sleep before it reaches the syscall).
     std::string out = guest.run_ok(
@@ -277,18 +277,18 @@ ProtoCheckCounts parse_counts(const std::string& counts, std::string errors) {
 
 }  // namespace
 
-std::string start_proto_check(TestGuest& guest) { return trim(guest.run_ok("proto-check start", 60s)); }
+std::string start_proto_check(GuestShell& guest) { return trim(guest.run_ok("proto-check start", 60s)); }
 
-ProtoCheckCounts proto_check_status(TestGuest& guest) {
+ProtoCheckCounts proto_check_status(GuestShell& guest) {
     return parse_counts(guest.run_ok("proto-check status"), guest.run_ok("cat /tmp/proto-errors 2>/dev/null; true"));
 }
 
-ProtoCheckCounts stop_proto_check(TestGuest& guest) {
+ProtoCheckCounts stop_proto_check(GuestShell& guest) {
     std::string counts = guest.run_ok("proto-check stop", 60s);
     return parse_counts(counts, guest.run_ok("cat /tmp/proto-errors 2>/dev/null; true"));
 }
 
-std::string proto_check_classify(TestGuest& guest, std::string_view ref, std::string_view line) {
+std::string proto_check_classify(GuestShell& guest, std::string_view ref, std::string_view line) {
     for (auto text : {ref, line})
         if (text.find_first_of("'\n") != std::string_view::npos)
             throw Error(ErrorKind::Usage, "proto-check classify: no quotes or line breaks: " + std::string(text));

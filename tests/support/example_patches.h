@@ -45,18 +45,18 @@ std::string example_patch_ko(Example id, const std::string& release);
 // ~10 KB instead of ~270 KB over the slow serial channel; the code and every
 // other section are the same bytes), at /tmp/<module>.ko in the guest and
 // returns that path.
-std::string put_example_patch(TestGuest& guest, Example id);
+std::string put_example_patch(GuestShell& guest, Example id);
 
 // --- The guest's own livepatch core ---------------------------------------
 
 // insmod GUEST_KO in the guest (which enables the patch and starts its
 // transition; insmod returns before the transition ends). Throws
 // std::runtime_error with insmod's output if it fails.
-void guest_insmod(TestGuest& guest, const std::string& guest_ko);
+void guest_insmod(GuestShell& guest, const std::string& guest_ko);
 // echo 0 > /sys/kernel/livepatch/<module>/enabled (starts the reverse
 // transition); rmmod <module>.
-void guest_livepatch_disable(TestGuest& guest, std::string_view module);
-void guest_rmmod(TestGuest& guest, std::string_view module);
+void guest_livepatch_disable(GuestShell& guest, std::string_view module);
+void guest_rmmod(GuestShell& guest, std::string_view module);
 // The guest's vmalloc areas in the module area (where module_alloc
 // allocates), one sorted line each with address (shown to root with
 // kptr_restrict 1; 0 prints (____ptrval____) on the test guest), size and
@@ -64,26 +64,26 @@ void guest_rmmod(TestGuest& guest, std::string_view module);
 // schedule: its modules' (load_module: init sections freed from a work item
 // after boot), ftrace trampolines (freed after tracing stops) and BPF
 // program packs.
-std::string guest_module_area_allocations(TestGuest& guest);
+std::string guest_module_area_allocations(GuestShell& guest);
 
 // After the unpatching transition (wait_guest_livepatch_transition read "0"
 // or "gone") the guest frees the patch and its sysfs directory from a work
 // item: waits until /sys/kernel/livepatch/<module> is gone.
-void wait_guest_livepatch_gone(TestGuest& guest, std::string_view module, std::chrono::milliseconds timeout);
+void wait_guest_livepatch_gone(GuestShell& guest, std::string_view module, std::chrono::milliseconds timeout);
 
 // /sys/kernel/livepatch/<module>/transition: "1" while a transition runs,
 // "0" after it, "gone" once the patch is disabled and freed.
-std::string guest_livepatch_transition(TestGuest& guest, std::string_view module);
+std::string guest_livepatch_transition(GuestShell& guest, std::string_view module);
 // Polls the transition file inside the guest (every 10 ms, one command)
 // until it is no longer "1"; returns what it reads then ("0" or "gone").
 // Throws hvpatch::Error(Timeout) after `timeout`.
-std::string wait_guest_livepatch_transition(TestGuest& guest, std::string_view module,
+std::string wait_guest_livepatch_transition(GuestShell& guest, std::string_view module,
                                             std::chrono::milliseconds timeout);
 // The guest's own measure of its last transition of `module`, from the
 // kernel log: seconds from "'<module>': starting patching transition" to
 // "'<module>': patching complete" (unpatching with patching = false).
 // Negative if the log does not have both lines.
-double guest_transition_seconds(TestGuest& guest, std::string_view module, bool patching);
+double guest_transition_seconds(GuestShell& guest, std::string_view module, bool patching);
 
 struct GuestTaskPatchState {
     int pid = 0;
@@ -91,7 +91,7 @@ struct GuestTaskPatchState {
     int patch_state = 0;  // /proc/PID/patch_state: -1 undefined, 0 unpatched, 1 patched
 };
 // The tasks (every thread) whose /proc/PID/patch_state is `state`.
-std::vector<GuestTaskPatchState> guest_tasks_in_patch_state(TestGuest& guest, int state);
+std::vector<GuestTaskPatchState> guest_tasks_in_patch_state(GuestShell& guest, int state);
 
 // Lines of a kernel log that show a kernel problem: BUG, WARNING, Oops,
 // general protection fault, Call Trace, panic. (Taint messages for an
@@ -114,13 +114,13 @@ enum class SleeperVersion { Original, Patched };
 // do_syscall_64 after a restart, is on top).
 SleeperVersion sleeper_version(std::string_view stack);
 // The PIDs of guest/init's `sleep 1000000` workloads (three).
-std::vector<int> sleep_workload_pids(TestGuest& guest);
+std::vector<int> sleep_workload_pids(GuestShell& guest);
 // cat /proc/PID/stack.
-std::string guest_task_stack(TestGuest& guest, int pid);
+std::string guest_task_stack(GuestShell& guest, int pid);
 // Starts a new `sleep` in the guest, reads its stack once it sleeps, kills
 // it: the version a task that starts sleeping now gets. (Only outside a
 // transition: the new sleeper would hold up the transition itself.)
-SleeperVersion fresh_sleeper_version(TestGuest& guest, std::string* stack = nullptr);
+SleeperVersion fresh_sleeper_version(GuestShell& guest, std::string* stack = nullptr);
 
 // --- Example 3: livepatch-prototype ----------------------------------------
 // proc_pid_statm and task_statm with a new task_statm prototype; the patched
@@ -141,10 +141,10 @@ struct ProtoCheckCounts {
 };
 // Starts the checker (before the patch is applied); returns the reference
 // line (the target's original statm, without '\n').
-std::string start_proto_check(TestGuest& guest);
-ProtoCheckCounts proto_check_status(TestGuest& guest);
-ProtoCheckCounts stop_proto_check(TestGuest& guest);
+std::string start_proto_check(GuestShell& guest);
+ProtoCheckCounts proto_check_status(GuestShell& guest);
+ProtoCheckCounts stop_proto_check(GuestShell& guest);
 // How the checker judges `line` against `ref`: "old", "new" or "wrong".
-std::string proto_check_classify(TestGuest& guest, std::string_view ref, std::string_view line);
+std::string proto_check_classify(GuestShell& guest, std::string_view ref, std::string_view line);
 
 }  // namespace hvpatch::test

@@ -53,12 +53,13 @@ Socket connect_chardev_address(const std::string& filename, const std::string& t
 
 }  // namespace
 
-QemuMachine::QemuMachine(QmpClient qmp, std::string name) : qmp_(std::move(qmp)), name_(std::move(name)) {
-    auto status = qmp_.execute("query-status");
+QemuMachine::QemuMachine(std::unique_ptr<QemuMonitor> monitor, std::string name, QemuMachineOptions options)
+    : monitor_(std::move(monitor)), name_(std::move(name)), options_(std::move(options)) {
+    auto status = monitor_->execute("query-status");
     initial_status_ = status.value("status", "unknown");
     initially_running_ = status.value("running", false);
     running_ = initially_running_;
-    for (const auto& cpu : qmp_.execute("query-cpus-fast"))
+    for (const auto& cpu : monitor_->execute("query-cpus-fast"))
         vcpu_indices_.push_back(cpu.value("cpu-index", -1));
     if (vcpu_indices_.empty()) throw Error(ErrorKind::Protocol, name_ + ": QEMU reports no vCPUs");
     discover_memory();
@@ -79,8 +80,8 @@ QemuMachine::~QemuMachine() {
         std::fprintf(stderr, "hvpatch: %s: detaching from the gdbstub: %s\n", name_.c_str(), e.what());
     }
     try {
-        if (initially_running_ && !running_) qmp_.execute("cont");
-        if (!initially_running_ && running_) qmp_.execute("stop");
+        if (initially_running_ && !running_) monitor_->cont();
+        if (!initially_running_ && running_) monitor_->stop();
     } catch (const std::exception& e) {
         std::fprintf(stderr, "hvpatch: %s: could not restore the VM's run state (%s): %s\n", name_.c_str(),
                      initially_running_ ? "running" : "paused", e.what());
@@ -92,16 +93,16 @@ QemuMachine::~QemuMachine() {
 }
 
 void QemuMachine::discover_memory() {
-    auto summary = qmp_.execute("query-memory-size-summary");
+    auto summary = monitor_->execute("query-memory-size-summary");
     memory_.ram_size = summary.value("base-memory", 0ULL);
-    memory_.ranges = parse_ram_layout(qmp_.hmp("info mtree"), memory_.ram_size);
+    memory_.ranges = parse_ram_layout(monitor_->hmp("info mtree"), memory_.ram_size);
     memory_.path = MemoryAccessInfo::Path::GdbStub;
 
     // A memory-backend-file with share=on is the guest's RAM itself; any
     // other backend (anonymous, private file) is reached through the stub.
     std::string backend;
     try {
-        backend = qmp_.execute("qom-get", {{"path", "/machine"}, {"property", "memory-backend"}}).get<std::string>();
+        backend = monitor_->execute("qom-get", {{"path", "/machine"}, {"property", "memory-backend"}}).get<std::string>();
     } catch (const Error&) {
         return;  // older machine types: RAM is not a user-visible backend
     }
@@ -110,8 +111,8 @@ void QemuMachine::discover_memory() {
     std::string mem_path;
     bool shared = false;
     try {
-        mem_path = qmp_.execute("qom-get", {{"path", path}, {"property", "mem-path"}}).get<std::string>();
-        shared = qmp_.execute("qom-get", {{"path", path}, {"property", "share"}}).get<bool>();
+        mem_path = monitor_->execute("qom-get", {{"path", path}, {"property", "mem-path"}}).get<std::string>();
+        shared = monitor_->execute("qom-get", {{"path", path}, {"property", "share"}}).get<bool>();
     } catch (const Error&) {
         return;  // not a file backend
     }
@@ -129,15 +130,15 @@ void QemuMachine::discover_memory() {
 }
 
 std::string QemuMachine::accelerator() {
-    auto kvm = qmp_.execute("query-kvm");
+    auto kvm = monitor_->execute("query-kvm");
     return kvm.value("enabled", false) ? "kvm" : "tcg";
 }
 
 MachineIdentity QemuMachine::identity() {
     MachineIdentity id;
     id.target = name_;
-    id.uuid = qmp_.execute("query-uuid").value("UUID", "");
-    id.name = qmp_.execute("query-name").value("name", "");
+    id.uuid = monitor_->execute("query-uuid").value("UUID", "");
+    id.name = monitor_->execute("query-name").value("name", "");
     return id;
 }
 
@@ -146,14 +147,14 @@ RunState QemuMachine::run_state() { return running_ ? RunState::Running : RunSta
 void QemuMachine::pause() {
     if (!running_) return;
     if (gdb_) gdb_->interrupt();
-    else qmp_.execute("stop");
+    else monitor_->stop();
     running_ = false;
 }
 
 void QemuMachine::resume() {
     if (running_) return;
     if (gdb_) gdb_->resume();
-    else qmp_.execute("cont");
+    else monitor_->cont();
     running_ = true;
 }
 
@@ -172,7 +173,7 @@ void QemuMachine::attach_gdb() {
     // Never take a stub away from another debugger: `gdbserver none` would
     // disconnect it. An idle stub the operator configured is reused as is.
     std::string existing;
-    for (const auto& dev : qmp_.execute("query-chardev"))
+    for (const auto& dev : monitor_->execute("query-chardev"))
         if (dev.value("label", "") == "gdb") existing = dev.value("filename", "");
     Socket socket;
     const std::string disconnected = "disconnected:";
@@ -197,8 +198,15 @@ void QemuMachine::attach_gdb() {
         tmpl.push_back('\0');
         if (!mkdtemp(tmpl.data())) throw Error(ErrorKind::Internal, "cannot create a private directory for the gdbstub");
         private_dir_ = tmpl.data();
+        // QEMU creates the socket in it: a QEMU running as another user
+        // needs the directory to be its own; nobody else gets in.
+        if (auto owner = options_.gdb_socket_owner; owner && owner->first != 0) {
+            if (::chown(private_dir_.c_str(), owner->first, owner->second) != 0)
+                throw Error(ErrorKind::Internal, name_ + ": cannot give " + private_dir_ + " to uid " +
+                                                     std::to_string(owner->first) + " for QEMU's gdbstub socket");
+        }
         std::string path = private_dir_ + "/gdb.sock";
-        std::string reply = qmp_.hmp("gdbserver unix:" + path + ",server=on,wait=off");
+        std::string reply = monitor_->hmp("gdbserver unix:" + path + ",server=on,wait=off");
         if (reply.find("Waiting for gdb") == std::string::npos && reply.find("gdbserver on") == std::string::npos &&
             !std::filesystem::exists(path))
             throw Error(ErrorKind::Unreachable, name_ + ": QEMU did not start its gdbstub: " + reply);
@@ -235,7 +243,7 @@ void QemuMachine::release_gdb() {
         gdb_.reset();
     }
     if (own_gdbserver_) {
-        qmp_.hmp("gdbserver none");
+        monitor_->hmp("gdbserver none");
         own_gdbserver_ = false;
     }
 }

@@ -1,16 +1,20 @@
-// Machine backend for a QEMU reachable through its QMP socket.
+// Machine backend for a QEMU reachable through its monitor: a QMP socket
+// (QmpSocketMonitor) or libvirt's monitor pass-through (LibvirtMachine
+// derives from this class and adds what libvirt knows).
 //
-// Control and identity go through QMP; registers, breakpoints and memory
-// writes through QEMU's gdbstub, which hvpatch starts on a private UNIX
+// Control and identity go through the monitor (QMP); registers, breakpoints
+// and memory writes through QEMU's gdbstub, which hvpatch starts on a private UNIX
 // socket when it first needs it (HMP `gdbserver`) and removes again; guest
 // RAM is read from the shared RAM file when the memory backend is a
 // `memory-backend-file` with share=on, else through the stub.
 //
-// Run control: while no gdb client is attached, pause/resume are QMP
-// stop/cont. Once attached, they go through the stub (0x03 / `c`), because
+// Run control: while no gdb client is attached, pause/resume are the
+// monitor's stop/cont. Once attached, they go through the stub (0x03 / `c`), because
 // QEMU reports every stop to an attached client and the stub's idea of the
 // run state must stay in step with ours. Attaching stops a running VM.
 #pragma once
+
+#include <sys/types.h>
 
 #include <memory>
 #include <optional>
@@ -21,15 +25,22 @@
 #include "hvpatch/machine.h"
 #include "vmm/qemu/gdb_client.h"
 #include "vmm/qemu/gdb_registers.h"
-#include "vmm/qemu/qmp_client.h"
+#include "vmm/qemu/qemu_monitor.h"
 #include "vmm/qemu/ram_file.h"
 
 namespace hvpatch {
 
-class QemuMachine final : public Machine {
+struct QemuMachineOptions {
+    // Owner given to the private gdbstub socket directory, for a QEMU that
+    // runs as another user than hvpatch (libvirt's DAC label); unset: root
+    // only.
+    std::optional<std::pair<uid_t, gid_t>> gdb_socket_owner;
+};
+
+class QemuMachine : public Machine {
 public:
     // `name` is how the target is named in messages ("qmp:/path").
-    QemuMachine(QmpClient qmp, std::string name);
+    QemuMachine(std::unique_ptr<QemuMonitor> monitor, std::string name, QemuMachineOptions options = {});
     // Puts the VM back in the run state it was found in, detaches from the
     // stub and removes the stub if hvpatch started it. Never throws.
     ~QemuMachine() override;
@@ -65,8 +76,9 @@ private:
     void check_ram_range(GuestPhysAddr addr, std::uint64_t len, const char* what) const;
     int vcpu_of_thread(const std::string& thread) const;
 
-    QmpClient qmp_;
+    std::unique_ptr<QemuMonitor> monitor_;
     std::string name_;
+    QemuMachineOptions options_;
     std::string initial_status_;
     bool initially_running_ = false;  // and the run state restored on close
     bool running_ = false;  // our view of the VM's run state

@@ -1,0 +1,33 @@
+// QemuMonitor through libvirt: QMP and HMP commands go to the domain's QEMU
+// by virDomainQemuMonitorCommand (libvirt-qemu), stop/cont are
+// virDomainSuspend/virDomainResume so that libvirt's recorded state stays
+// true. libvirt marks a domain that received monitor commands with the
+// "custom-monitor" taint (in its log).
+#pragma once
+
+#include <memory>
+
+#include "vmm/libvirt/libvirt_connection.h"
+#include "vmm/qemu/qemu_monitor.h"
+
+namespace hvpatch {
+
+class LibvirtMonitor final : public QemuMonitor {
+public:
+    explicit LibvirtMonitor(std::shared_ptr<LibvirtDomain> domain) : domain_(std::move(domain)) {}
+    nlohmann::json execute(const std::string& command, const nlohmann::json& arguments) override;
+    std::string hmp(const std::string& command_line) override;
+    void stop() override;
+    void cont() override;
+
+private:
+    std::string send(const std::string& text, unsigned int flags, const std::string& what);
+    std::shared_ptr<LibvirtDomain> domain_;
+};
+
+// The "return" value of a QMP reply text as libvirt passes it through;
+// Error(Guest) for an error reply, Error(Protocol) for anything that is not
+// a QMP reply. `who` and `command` name the domain and command in messages.
+nlohmann::json qmp_return_value(const std::string& reply, const std::string& who, const std::string& command);
+
+}  // namespace hvpatch

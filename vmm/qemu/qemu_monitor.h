@@ -1,0 +1,28 @@
+// What QemuMachine needs from QEMU's monitor, whoever carries it: a QMP
+// socket hvpatch connects to itself (QmpSocketMonitor), or libvirt's
+// pass-through of monitor commands to a domain it manages (LibvirtMonitor).
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace hvpatch {
+
+class QemuMonitor {
+public:
+    virtual ~QemuMonitor() = default;
+    // Runs a QMP command; returns its "return" value. A QMP error reply
+    // throws Error(Guest) naming the command, error class and description.
+    virtual nlohmann::json execute(const std::string& command,
+                                   const nlohmann::json& arguments = nlohmann::json::object()) = 0;
+    // Runs an HMP command line; returns its text output.
+    virtual std::string hmp(const std::string& command_line) = 0;
+    // Stops / continues every vCPU the way the monitor's owner wants it done
+    // (libvirt: virDomainSuspend/virDomainResume, so that libvirt records the
+    // pause as its own instead of learning of it from a QEMU event).
+    virtual void stop() = 0;
+    virtual void cont() = 0;
+};
+
+}  // namespace hvpatch
