@@ -10,8 +10,9 @@
 // revert: the same transition backwards (direct jumps → trampolines → tasks
 //         switch back), then the original bytes, then the memory freed once
 //         no task's stack touches it.
-// Every step that changes the guest is recorded in the state file first
-// (applied_state.h) and every operation in the audit log.
+// Every step that changes the guest is recorded first in the VM's state
+// record (applied_state.h; the state file or the domain's metadata:
+// vm_state_store.h) and every operation in the audit log.
 #pragma once
 
 #include <chrono>
@@ -138,7 +139,7 @@ private:
 };
 
 // The code of the patches hvpatch has applied to this boot of the guest
-// (from the state directory; empty when there is no current record), so
+// (from its state record; empty when there is no current record), so
 // that stack listings unwind through it. The machine must be paused.
 std::vector<ForeignCode> applied_patch_code(Machine& machine, class GuestKernel& kernel, const std::string& state_dir);
 
