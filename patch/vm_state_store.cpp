@@ -30,11 +30,20 @@ void FileVmStateStore::save(const VmState& state) {
 RecordVmStateStore::RecordVmStateStore(VmRecordStore& records, std::unique_ptr<VmStateStore> legacy)
     : records_(records), legacy_(std::move(legacy)) {}
 
-std::string RecordVmStateStore::location() const { return records_.location(); }
+std::string RecordVmStateStore::location() const {
+    if (read_from_legacy_ && legacy_)
+        return legacy_->location() + " (moves to the " + records_.location() + " on the next write)";
+    return records_.location();
+}
 
 std::optional<VmState> RecordVmStateStore::load() {
     std::optional<std::string> element = records_.read();
-    if (!element) return legacy_ ? legacy_->load() : std::nullopt;
+    if (!element) {
+        if (!legacy_) return std::nullopt;
+        auto state = legacy_->load();
+        read_from_legacy_ = state.has_value();
+        return state;
+    }
     try {
         return vm_state_from_xml(*element, records_.location());
     } catch (const Error& e) {

@@ -64,6 +64,7 @@ public:
 private:
     VmRecordStore& records_;
     std::unique_ptr<VmStateStore> legacy_;
+    bool read_from_legacy_ = false;  // the last load found only the state file
 };
 
 // The store for `machine` (its record store if it has one, else the file

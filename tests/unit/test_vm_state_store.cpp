@@ -271,8 +271,10 @@ TEST(VmStateStore, AStateFileFromBeforeMovesIntoTheRecordStore) {
     auto loaded = store->load();
     ASSERT_TRUE(loaded) << "the file is read while the record store holds nothing";
     EXPECT_EQ(to_json(*loaded), to_json(state));
+    EXPECT_EQ(store->location(), vm_state_path(dir.path(), kKey) + " (moves to the " + kWhere + " on the next write)");
     state.patches.pop_back();
     store->save(state);
+    EXPECT_EQ(store->location(), kWhere);
     EXPECT_TRUE(dir.entries().empty()) << "the file is gone once the record store has the state";
     ASSERT_TRUE(records.element);
     EXPECT_EQ(vm_state_from_xml(*records.element, kWhere).patches.size(), 1u);
