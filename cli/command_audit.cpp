@@ -78,7 +78,8 @@ void add_audit_command(CLI::App& app, GlobalOptions& global) {
     auto opt = std::make_shared<AuditCommandOptions>();
 
     auto* show = audit->add_subcommand("show", "One line per audited operation, oldest first");
-    show->add_option("--vm", opt->vm, "only records whose VM name, key, uuid or target contains this");
+    show->add_option("--domain,--vm", opt->vm,
+                     "only records whose domain/VM name, key, uuid or target contains this");
     show->add_option("--since", opt->since, "only records from this UTC time on (2026-11-27T05:40) or this span back (2h, 7d)");
     show->add_flag("--json", opt->json, "the records as a JSON array");
     show->callback([opt, &global] { run_show(*opt, global); });

@@ -12,6 +12,7 @@
 #include "cli/output.h"
 #include "cli/progress_events.h"
 #include "hvpatch/error.h"
+#include "patch/audit_syslog.h"
 #include "patch/operation_lock.h"
 #include "patch/patcher.h"
 #include "patch/posix_file.h"
@@ -94,6 +95,7 @@ PatchOptions patch_options(const PatchCommandOptions& opt, const GlobalOptions& 
     PatchOptions options;
     options.state_dir = global.state_dir;
     options.audit_log = global.audit_log;
+    options.audit_syslog = global.audit_syslog || audit_syslog_from_environment();
     options.force_switch = opt.force;
     options.force_vermagic = opt.force_vermagic;
     if (opt.timeout_s <= 0 || opt.signal_after_s < 0 || opt.interval_ms <= 0)
@@ -209,9 +211,8 @@ void run_status(const PatchCommandOptions& opt, const GlobalOptions& global) {
         std::printf("UNFINISHED: %s; hvpatch apply --resume or hvpatch revert takes over%s\n",
                     r.unfinished_operation.c_str(),
                     r.vm_running ? "" : " (and resumes the VM if that hvpatch had found it running)");
-    if (r.stale)
-        std::printf("STALE: the recorded state is from boot %s; the guest rebooted since, none of it is live\n",
-                    r.stale_boot_id.c_str());
+    if (r.stale) std::printf("STALE: %s\n", r.stale_reason.c_str());
+    std::printf("record kept in %s\n", r.state_location.c_str());
     if (r.patches.empty()) std::printf("no patches applied by hvpatch\n");
     for (const auto& p : r.patches) {
         std::printf("%s  %s  sha256 %s  memory %s+%s  since %s%s\n", p.patch.name.c_str(), to_string(p.patch.phase),

@@ -13,6 +13,7 @@ struct GlobalOptions {
     std::string connection; // -c/--connect libvirt URI, else $LIBVIRT_DEFAULT_URI, else qemu:///system
     std::string audit_log;  // --audit-log, else $HVPATCH_AUDIT_LOG, else the default
     std::string state_dir;  // --state-dir, else $HVPATCH_STATE_DIR, else /var/lib/hvpatch
+    bool audit_syslog = false;  // --audit-syslog (or $HVPATCH_AUDIT_SYSLOG=1): audit records to syslog too
     int exit_code = 0;      // a verb's verdict that is not an error (check: would refuse)
 };
 

@@ -49,6 +49,8 @@ int main(int argc, char** argv) {
                    "audit log (JSON Lines); default $HVPATCH_AUDIT_LOG or /var/log/hvpatch/audit.jsonl");
     app.add_option("--state-dir", global.state_dir,
                    "where hvpatch keeps what it applied; default $HVPATCH_STATE_DIR or /var/lib/hvpatch");
+    app.add_flag("--audit-syslog", global.audit_syslog,
+                 "also send each audit record to syslog (authpriv.notice); also $HVPATCH_AUDIT_SYSLOG=1");
 
     bool json = false;
     for (int i = 1; i < argc; ++i)

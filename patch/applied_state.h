@@ -1,6 +1,7 @@
 // What hvpatch has applied to one VM, kept outside the guest.
 //
 // One JSON file per VM in the state directory (<state_dir>/<vm key>.json),
+// or the same record in the VMM's record store (vm_state_store.h),
 // written atomically before every step that changes the guest (write-ahead),
 // so that after a crash or a kill -9 the file says what may be in the guest
 // and `hvpatch status` can compare it with what is there. The guest's boot

@@ -12,6 +12,7 @@
 #include "introspect/modules.h"
 #include "introspect/tasks.h"
 #include "patch/audit_log.h"
+#include "patch/audit_syslog.h"
 #include "patch/guest_call.h"
 #include "patch/guest_livepatch.h"
 #include "patch/kernel_write.h"
@@ -19,6 +20,7 @@
 #include "patch/module_image.h"
 #include "patch/operation_lock.h"
 #include "patch/posix_file.h"
+#include "patch/vm_state_store.h"
 #include "vmm/interrupt.h"
 
 namespace hvpatch {
@@ -74,9 +76,14 @@ std::string guest_boot_id(GuestKernel& kernel) {
 }
 
 std::vector<ForeignCode> applied_patch_code(Machine& machine, GuestKernel& kernel, const std::string& state_dir) {
-    auto state = load_vm_state(state_dir.empty() ? default_state_dir() : state_dir, machine.identity().key());
-    if (!state || state->boot_id != guest_boot_id(kernel)) return {};
+    const std::string key = machine.identity().key();
+    auto state = open_vm_state_store(machine, state_dir, key)->load();
+    if (!state || !is_current_record(*state, key, guest_boot_id(kernel))) return {};
     return foreign_code_of(*state);
+}
+
+bool is_current_record(const VmState& state, const std::string& vm_key, const std::string& boot_id) {
+    return state.boot_id == boot_id && state.vm_key == vm_key;
 }
 
 // Everything one operation holds: the lock, the guest kernel, the state.
@@ -85,6 +92,7 @@ struct Patcher::Session {
     PatchOptions& options;
     MachineIdentity id;
     std::string state_dir;
+    std::unique_ptr<VmStateStore> store;
     std::unique_ptr<OperationLock> lock;
     std::unique_ptr<GuestKernel> kernel;
     std::unique_ptr<GuestLivepatch> livepatch;
@@ -118,8 +126,9 @@ struct Patcher::Session {
         // What follows reads only kernel text and static data until a step
         // freezes again for a consistent view: keep the pause short.
         if (was_running) thaw();
-        auto loaded = load_vm_state(state_dir, id.key());
-        if (loaded && loaded->boot_id != boot_id) {
+        store = open_vm_state_store(machine, state_dir, id.key());
+        auto loaded = store->load();
+        if (loaded && !is_current_record(*loaded, id.key(), boot_id)) {
             stale = std::move(loaded);
             loaded.reset();
         }
@@ -221,11 +230,11 @@ struct Patcher::Session {
     }
     void save(AppliedPatch& patch) {
         patch.updated_at = utc_now_iso8601();
-        save_vm_state(state_dir, state);
+        store->save(state);
     }
     void forget(const std::string& name) {
         std::erase_if(state.patches, [&](const AppliedPatch& p) { return p.name == name; });
-        save_vm_state(state_dir, state);
+        store->save(state);
     }
     std::vector<std::uint8_t> read_guest(std::uint64_t address, std::size_t size) {
         return to_vector(kernel->memory().read_bytes(GuestVirtAddr{address}, size));
@@ -237,7 +246,9 @@ struct Patcher::Session {
     json audit_base(const std::string& operation) const {
         json record = {{"operation", operation},
                        {"vm", {{"key", id.key()}, {"uuid", id.uuid}, {"name", id.name}, {"target", id.target}}},
-                       {"kernel", {{"release", kernel ? kernel->info().release : ""}, {"boot_id", boot_id}}}};
+                       {"kernel", {{"release", kernel ? kernel->info().release : ""}, {"boot_id", boot_id}}},
+                       {"state_location", store->location()}};
+        if (!id.connection.empty()) record["vm"]["connection"] = id.connection;
         if (lock && !unfinished.empty()) record["took_over"] = describe_unfinished_operation(unfinished);
         return record;
     }
@@ -245,7 +256,8 @@ struct Patcher::Session {
         // Integers only: the audit chain hashes a canonical text, which floats would make fragile.
         record["pauses"] = {{"freezes", freezes}, {"total_us", us(paused_total)}, {"max_us", us(paused_max)}};
         std::string path = options.audit_log.empty() ? default_audit_log_path() : options.audit_log;
-        AuditLog(path).append(std::move(record));
+        json stored = AuditLog(path).append(std::move(record));
+        if (options.audit_syslog) send_audit_to_syslog(stored, path);
     }
 };
 
@@ -555,13 +567,22 @@ void finish_patch(Patcher::Session& s, AppliedPatch& patch) {
 
 namespace {
 
+json functions_json(const std::vector<RedirectedFunction>& functions) {
+    json out = json::array();
+    for (const auto& f : functions) out.push_back(function_json(f));
+    return out;
+}
+
 // An operation that ended in an error is audited once, unless a rollback
-// path already wrote its own outcome.
-void audit_failure(Patcher::Session& s, json& record, const char* outcome, const Error& e) {
+// path already wrote its own outcome; with the functions it had got as far
+// as planning (their addresses and bytes), if any.
+void audit_failure(Patcher::Session& s, json& record, const char* outcome, const Error& e,
+                   const std::vector<RedirectedFunction>& functions) {
     if (record.contains("outcome")) return;
     IgnoreInterrupts ignore;
     record["outcome"] = outcome;
     record["error"] = e.what();
+    if (!functions.empty()) record["functions"] = functions_json(functions);
     try {
         s.audit(record);
     } catch (...) {
@@ -575,8 +596,7 @@ void audit_success(Patcher::Session& s, OperationReport& report, json& record, C
     report.paused_max = s.paused_max;
     report.total_time = Clock::now() - t0;
     record["outcome"] = report.outcome;
-    record["functions"] = json::array();
-    for (const auto& f : report.functions) record["functions"].push_back(function_json(f));
+    record["functions"] = functions_json(report.functions);
     record["passes"] = report.passes;
     record["blockers"] = blockers_json(report.first_blockers);
     if (!report.forced.empty()) record["forced"] = blockers_json(report.forced);
@@ -707,6 +727,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                                         static_cast<int>(layout.rodata_size / kPage));
                 s.after_call();
                 patch->functions = functions;
+                report.functions = functions;
                 patch->orc_ip_table = image.orc_unwind_ip;
                 patch->orc_table = image.orc_unwind;
                 patch->orc_entries = image.orc_entries;
@@ -734,6 +755,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
         }
         report.base = patch->base;
         report.size = patch->size;
+        report.functions = patch->functions;
 
         TransitionDriver driver{s, 0, {}};
         TransitionPass pass =
@@ -762,6 +784,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                 finish_unpatch(s, *patch, Clock::now() + options_.timeout);
                 report.outcome = "rolled-back";
                 report.passes = driver.passes;
+                record["functions"] = functions_json(report.functions);
                 record["outcome"] = "rolled-back";
                 record["error"] = why;
                 s.thaw();
@@ -776,7 +799,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
         report.first_blockers = driver.first_blockers;
         report.transition_time = driver.time;
     } catch (const Error& e) {
-        audit_failure(s, record, touched ? "failed" : "refused", e);
+        audit_failure(s, record, touched ? "failed" : "refused", e, report.functions);
         throw;
     }
     record["memory"] = {{"base", hex(report.base)}, {"size", report.size}};
@@ -853,6 +876,7 @@ OperationReport Patcher::revert(const std::string& name) {
                         throw Error(ErrorKind::Timeout, why + "; re-applying did not complete either; state kept: "
                                                               "run hvpatch revert " + name + " again");
                     finish_patch(s, *patch);
+                    record["functions"] = functions_json(report.functions);
                     record["outcome"] = "revert-rolled-back";
                     record["error"] = why;
                     s.thaw();
@@ -868,7 +892,7 @@ OperationReport Patcher::revert(const std::string& name) {
         report.first_blockers = driver.first_blockers;
         report.transition_time = driver.time;
     } catch (const Error& e) {
-        audit_failure(s, record, "failed", e);
+        audit_failure(s, record, "failed", e, report.functions);
         throw;
     }
     audit_success(s, report, record, t0);
@@ -951,9 +975,16 @@ StatusReport Patcher::status() {
     report.boot_id = s.boot_id;
     report.vm_running = s.was_running;
     if (!s.unfinished.empty()) report.unfinished_operation = describe_unfinished_operation(s.unfinished);
+    report.state_location = s.store->location();
     if (s.stale) {
         report.stale = true;
         report.stale_boot_id = s.stale->boot_id;
+        report.stale_reason =
+            s.stale->vm_key != s.id.key()
+                ? "the record was written for another VM (" + s.stale->vm_key +
+                      "): the domain was copied with its metadata; none of it is live here"
+                : "the recorded state is from boot " + s.stale->boot_id +
+                      "; the guest rebooted since, none of it is live";
     }
     s.freeze();
     for (const auto& patch : s.state.patches) {
@@ -1062,6 +1093,8 @@ nlohmann::json StatusReport::to_json() const {
             {"unfinished_operation", unfinished_operation},
             {"stale", stale},
             {"stale_boot_id", stale_boot_id},
+            {"stale_reason", stale_reason},
+            {"state_location", state_location},
             {"patches", ps},
             {"klp_target_state", klp_target_state},
             {"guest_transition", guest_transition},

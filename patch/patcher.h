@@ -10,8 +10,9 @@
 // revert: the same transition backwards (direct jumps → trampolines → tasks
 //         switch back), then the original bytes, then the memory freed once
 //         no task's stack touches it.
-// Every step that changes the guest is recorded in the state file first
-// (applied_state.h) and every operation in the audit log.
+// Every step that changes the guest is recorded first in the VM's state
+// record (applied_state.h; the state file or the domain's metadata:
+// vm_state_store.h) and every operation in the audit log.
 #pragma once
 
 #include <chrono>
@@ -42,6 +43,7 @@ struct TransitionProgress {
 struct PatchOptions {
     std::string state_dir;  // "" = default_state_dir()
     std::string audit_log;  // "" = default_audit_log_path()
+    bool audit_syslog = false;  // also send each audit record to syslog (audit_syslog.h)
     bool force_vermagic = false;  // load a module built for another release
     bool force_switch = false;    // at the timeout, switch the remaining tasks instead of rolling back
     std::chrono::milliseconds timeout{60000};
@@ -118,8 +120,10 @@ struct StatusReport {
     // finish"; "" if the last one finished. The next apply --resume or
     // revert takes over (and resumes a VM that hvpatch left paused).
     std::string unfinished_operation;
-    bool stale = false;  // the recorded state is from an earlier boot
+    bool stale = false;  // the recorded state is from an earlier boot, or another VM's
     std::string stale_boot_id;
+    std::string stale_reason;  // for people: which of the two, and what it means
+    std::string state_location;  // where the record is kept (file or domain metadata)
     std::vector<PatchStatus> patches;
     int klp_target_state = -1;
     bool guest_transition = false;
@@ -147,9 +151,14 @@ private:
 };
 
 // The code of the patches hvpatch has applied to this boot of the guest
-// (from the state directory; empty when there is no current record), so
+// (from its state record; empty when there is no current record), so
 // that stack listings unwind through it. The machine must be paused.
 std::vector<ForeignCode> applied_patch_code(Machine& machine, class GuestKernel& kernel, const std::string& state_dir);
+
+// Whether a record describes the running guest: written for this VM (its
+// key: a domain copied with its metadata carries its origin's record) during
+// this boot (after a reboot nothing of it is in the guest any more).
+bool is_current_record(const VmState& state, const std::string& vm_key, const std::string& boot_id);
 
 // A string that changes on every guest boot: SHA-256 over the KASLR
 // offset, init_task's stack canary (random per boot) and the banner.

@@ -13,8 +13,13 @@
 //   4. two patches on different functions at once, reverted in the order
 //      they were applied and in the other order: each stays in effect until
 //      its own revert, and every byte ends as before.
+//   5. a VMM with a record store (as libvirt's domain metadata): the state
+//      goes there and not into the state directory, a fresh hvpatch with
+//      an empty state directory reads it back and reverts, and the record
+//      is gone after the last revert.
 // Every test ends with no Oops/BUG/WARN in the guest's console.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -26,7 +31,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "hvpatch/machine.h"
 #include "patch/audit_log.h"
+#include "patch/patcher.h"
+#include "patch/vm_state_xml.h"
 #include "support/example_patches.h"
 #include "support/run_command.h"
 #include "support/test_guest.h"
@@ -158,6 +166,26 @@ TEST_F(PatchApplyTest, SampleAppliesAndRevertsLeavingEveryByteAsBefore) {
     ASSERT_GE(records.size(), 2u);
     EXPECT_EQ(records[records.size() - 2]["operation"], "apply");
     EXPECT_EQ(records[records.size() - 2]["outcome"], "applied");
+    // Everything the record must say: who, where, which VM and boot, which
+    // patch, which bytes changed, how long the guest was paused, who blocked.
+    const json& rec = records[records.size() - 2];
+    EXPECT_EQ(rec["user"]["uid"], ::getuid());
+    EXPECT_TRUE(rec["user"]["name"].is_string()) << rec.dump(2);
+    EXPECT_FALSE(rec["host"].get<std::string>().empty());
+    EXPECT_EQ(rec["vm"]["key"], status["vm"]["key"]);
+    EXPECT_EQ(rec["vm"]["uuid"], status["vm"]["uuid"]);
+    EXPECT_EQ(rec["kernel"]["release"], guest_->release());
+    EXPECT_EQ(rec["kernel"]["boot_id"], status["boot_id"]);
+    EXPECT_EQ(rec["patch"]["name"], "livepatch_cmdline");
+    EXPECT_EQ(rec["patch"]["sha256"], applied["sha256"]);
+    ASSERT_EQ(rec["functions"].size(), 1u) << rec.dump(2);
+    EXPECT_EQ(rec["functions"][0]["address"], f["address"]);
+    EXPECT_EQ(rec["functions"][0]["bytes_before"], "0f 1f 44 00 00");
+    EXPECT_EQ(rec["functions"][0]["bytes_after"], f["bytes_after"]);
+    EXPECT_GT(rec["pauses"]["freezes"].get<int>(), 0);
+    EXPECT_TRUE(rec["blockers"].is_array());
+    EXPECT_EQ(rec["state_location"], status["state_location"]);
+    EXPECT_EQ(status["state_location"], *dir_ + "/state/" + status["vm"]["key"].get<std::string>() + ".json");
     EXPECT_EQ(records.back()["operation"], "revert");
     EXPECT_EQ(records.back()["outcome"], "reverted");
 }
@@ -231,6 +259,10 @@ TEST_F(PatchApplyTest, TimeoutRollsBackAndNamesTheBlockers) {
     ASSERT_FALSE(records.empty());
     EXPECT_EQ(records.back()["outcome"], "rolled-back");
     EXPECT_FALSE(records.back()["blockers"].empty());
+    // The rolled-back record names the function whose entry was changed and changed back.
+    ASSERT_EQ(records.back()["functions"].size(), 1u) << records.back().dump(2);
+    EXPECT_EQ(std::stoull(records.back()["functions"][0]["address"].get<std::string>(), nullptr, 16), entry);
+    EXPECT_EQ(records.back()["functions"][0]["bytes_before"], "0f 1f 44 00 00");
 }
 
 TEST_F(PatchApplyTest, ForceSwitchesTheBlockersLoudly) {
@@ -304,6 +336,104 @@ TEST_F(PatchApplyTest, TwoPatchesOnDifferentFunctionsLiveSideBySideAndRevertInEi
         for (std::size_t i = 0; i < entries.size(); ++i) EXPECT_EQ(guest_bytes(entries[i], 64), code_before[i]);
         EXPECT_EQ(vmalloc_areas(), areas_before);
     }
+}
+
+// The record store a VMM keeps with the VM's definition, in memory: what
+// libvirt's domain <metadata> is to a domain, for a guest under plain QEMU.
+class MemoryRecordStore : public VmRecordStore {
+public:
+    std::string location() const override { return "<metadata> of the test's record store"; }
+    std::optional<std::string> read() override { return element; }
+    void write(const std::string& element_xml) override {
+        ++writes;
+        element = element_xml;
+    }
+    void remove() override { element.reset(); }
+    std::optional<std::string> element;
+    int writes = 0;
+};
+
+// The test guest's QEMU with a record store, as a libvirt backend offers one.
+class MachineWithRecordStore : public Machine {
+public:
+    MachineWithRecordStore(std::unique_ptr<Machine> inner, VmRecordStore& records)
+        : inner_(std::move(inner)), records_(records) {}
+    std::string name() const override { return inner_->name(); }
+    std::string accelerator() override { return inner_->accelerator(); }
+    MachineIdentity identity() override { return inner_->identity(); }
+    VmRecordStore* record_store() override { return &records_; }
+    RunState run_state() override { return inner_->run_state(); }
+    void pause() override { inner_->pause(); }
+    void resume() override { inner_->resume(); }
+    void set_run_state_on_close(RunState state) override { inner_->set_run_state_on_close(state); }
+    std::vector<int> vcpus() override { return inner_->vcpus(); }
+    VcpuRegisters read_registers(int vcpu) override { return inner_->read_registers(vcpu); }
+    void write_registers(int vcpu, const VcpuRegisters& regs) override { inner_->write_registers(vcpu, regs); }
+    MemoryAccessInfo memory_access() override { return inner_->memory_access(); }
+    void read_physical(GuestPhysAddr addr, std::span<std::byte> out) override { inner_->read_physical(addr, out); }
+    void write_physical(GuestPhysAddr addr, std::span<const std::byte> data) override { inner_->write_physical(addr, data); }
+    void set_breakpoint(GuestVirtAddr addr) override { inner_->set_breakpoint(addr); }
+    void clear_breakpoint(GuestVirtAddr addr) override { inner_->clear_breakpoint(addr); }
+    std::optional<BreakpointHit> run_until_breakpoint(std::chrono::milliseconds timeout) override {
+        return inner_->run_until_breakpoint(timeout);
+    }
+
+private:
+    std::unique_ptr<Machine> inner_;
+    VmRecordStore& records_;
+};
+
+TEST_F(PatchApplyTest, WithARecordStoreTheStateLivesThereAndAFreshHvpatchRevertsFromIt) {
+    const std::string original = guest_->run_ok(std::string(kCmdlineOracle));
+    const std::uint64_t entry = guest_symbol("cmdline_proc_show");
+    const std::string code_before = guest_bytes(entry, 64);
+    MemoryRecordStore records;
+    const std::string first_dir = *dir_ + "/record-store-first", fresh_dir = *dir_ + "/record-store-fresh";
+    auto options_for = [&](const std::string& state_dir) {
+        PatchOptions options;
+        options.state_dir = state_dir;
+        options.audit_log = audit_log();
+        options.signal_after = 2s;
+        return options;
+    };
+    {
+        MachineWithRecordStore machine(open_machine(guest_->target()), records);
+        OperationReport applied = Patcher(machine, options_for(first_dir)).apply(
+            example_patch_ko(Example::Cmdline, guest_->release()));
+        EXPECT_EQ(applied.outcome, "applied");
+    }
+    EXPECT_EQ(guest_->run_ok(std::string(kCmdlineOracle)), kCmdlinePatchedOutput);
+    ASSERT_TRUE(records.element);
+    // Written ahead of each phase: loading, protected, functions, patching, applied at least.
+    EXPECT_GE(records.writes, 4);
+    VmState recorded = vm_state_from_xml(*records.element, records.location());
+    ASSERT_EQ(recorded.patches.size(), 1u);
+    EXPECT_EQ(recorded.patches[0].name, "livepatch_cmdline");
+    EXPECT_EQ(recorded.patches[0].phase, PatchPhase::Applied);
+    EXPECT_NE(records.element->find("<function name=\"cmdline_proc_show\""), std::string::npos) << *records.element;
+    for (const auto& file : fs::directory_iterator(first_dir))
+        EXPECT_NE(file.path().extension(), ".json") << "a state file beside the record store: " << file.path();
+
+    {
+        // A fresh hvpatch: its state directory is empty, the record store is all it has.
+        MachineWithRecordStore machine(open_machine(guest_->target()), records);
+        Patcher patcher(machine, options_for(fresh_dir));
+        StatusReport status = patcher.status();
+        EXPECT_FALSE(status.stale);
+        EXPECT_EQ(status.state_location, records.location());
+        ASSERT_EQ(status.patches.size(), 1u);
+        EXPECT_EQ(status.patches[0].patch.phase, PatchPhase::Applied);
+        ASSERT_EQ(status.patches[0].functions.size(), 1u);
+        EXPECT_EQ(status.patches[0].functions[0].entry_now, "direct");
+        EXPECT_EQ(patcher.revert("livepatch_cmdline").outcome, "reverted");
+    }
+    EXPECT_FALSE(records.element) << "the record is removed with the last patch";
+    EXPECT_EQ(guest_->run_ok(std::string(kCmdlineOracle)), original);
+    EXPECT_EQ(guest_bytes(entry, 64), code_before);
+    auto audit = read_audit_log(audit_log());
+    ASSERT_FALSE(audit.empty());
+    EXPECT_EQ(audit.back()["operation"], "revert");
+    EXPECT_EQ(audit.back()["state_location"], records.location());
 }
 
 }  // namespace

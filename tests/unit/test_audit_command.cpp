@@ -85,12 +85,16 @@ TEST(AuditCommand, ShowPrintsOneLinePerRecordOldestFirst) {
     EXPECT_NE(lines[2].find("  #3  "), std::string::npos) << lines[2];
 }
 
-TEST(AuditCommand, ShowFiltersByVmAndSince) {
+TEST(AuditCommand, ShowFiltersByDomainOrVmAndSince) {
     TempDir dir;
     std::string path = make_log(dir);
     CommandResult web = hvpatch({"audit", "show", "--audit-log", path, "--vm", "web-"});
     ASSERT_EQ(web.exit_code, 0) << web.describe();
     EXPECT_EQ(lines_of(web.out).size(), 2u) << web.out;
+    // --domain is the same filter under the name libvirt users expect.
+    CommandResult domain = hvpatch({"audit", "show", "--audit-log", path, "--domain", "web-"});
+    ASSERT_EQ(domain.exit_code, 0) << domain.describe();
+    EXPECT_EQ(domain.out, web.out);
     // By the key, the uuid or the target of a VM that has no name.
     for (const char* part : {"uuid-2222", "2222", "/run/uuid-2222.sock"}) {
         CommandResult one = hvpatch({"audit", "show", "--audit-log", path, "--vm", part});
