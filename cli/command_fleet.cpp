@@ -25,6 +25,7 @@
 #include "hvpatch/error.h"
 #include "hvpatch/machine.h"
 #include "patch/audit_log.h"
+#include "patch/audit_syslog.h"
 #include "patch/livepatch_module.h"
 
 namespace hvpatch::cli {
@@ -60,12 +61,13 @@ std::string own_executable() {
 }
 
 // The options of the hvpatch command itself that a child must share with
-// this run: the same audit log, state directory and libvirt connection.
-// (A global option added to GlobalOptions belongs here too: --audit-syslog
-// once it exists.)
+// this run: the same audit log (and its syslog copy), state directory and
+// libvirt connection. (A global option added to GlobalOptions belongs here
+// too.) What comes from the environment reaches them by inheritance.
 std::vector<std::string> child_global_arguments(const GlobalOptions& global) {
     std::vector<std::string> args;
     if (!global.audit_log.empty()) args.insert(args.end(), {"--audit-log", global.audit_log});
+    if (global.audit_syslog) args.push_back("--audit-syslog");
     if (!global.state_dir.empty()) args.insert(args.end(), {"--state-dir", global.state_dir});
     if (!global.connection.empty()) args.insert(args.end(), {"--connect", global.connection});
     return args;
@@ -232,7 +234,9 @@ void run_fleet(const FleetCommandOptions& opt, GlobalOptions& global) {
     // The children audited their own operations; this is the run's summary.
     // Not writing it does not undo what the children did, so it is a warning.
     try {
-        AuditLog(global.audit_log.empty() ? default_audit_log_path() : global.audit_log).append(audit_record(run));
+        const std::string path = global.audit_log.empty() ? default_audit_log_path() : global.audit_log;
+        nlohmann::json stored = AuditLog(path).append(audit_record(run));
+        if (global.audit_syslog || audit_syslog_from_environment()) send_audit_to_syslog(stored, path);
     } catch (const Error& e) {
         std::fprintf(stderr, "hvpatch: warning: the fleet's summary audit record was not written: %s\n", e.what());
     }
