@@ -25,15 +25,14 @@ namespace {
 // same target would wait for a greeting that comes only once the first
 // one ends, then fail after 10 s without saying who is in the way. So
 // every verb here takes the target's monitor lock before it connects
-// (<state_dir>/monitor-<target key>.lock; the per-VM lock of patch/ is
+// (<lock dir>/monitor-<target key>.lock; the per-VM lock of patch/ is
 // taken after connecting, by the VM's identity). Another holder is waited
 // for briefly (a status or check holds it well under a second), then the
 // verb fails with Error(Busy) naming the holder.
 constexpr auto kMonitorLockWait = std::chrono::seconds(2);
 
-OperationLock lock_monitor(const GlobalOptions& global, const std::string& target, std::string_view verb) {
-    std::string dir = global.state_dir.empty() ? default_state_dir() : global.state_dir;
-    make_private_directories(dir);
+OperationLock lock_monitor(const std::string& target, std::string_view verb) {
+    const std::string dir = default_lock_dir();
     const auto deadline = std::chrono::steady_clock::now() + kMonitorLockWait;
     for (;;) {
         try {
@@ -130,7 +129,7 @@ void print_blockers(const std::vector<TransitionBlocker>& blockers) {
 
 void run_check(const PatchCommandOptions& opt, GlobalOptions& global) {
     ProgressLine line(opt.json);
-    OperationLock monitor = lock_monitor(global, opt.target, "check");
+    OperationLock monitor = lock_monitor(opt.target, "check");
     auto machine = open_machine(opt.target, global.connection);
     Patcher patcher(*machine, patch_options(opt, global, line));
     CheckReport report = patcher.check(opt.module);
@@ -176,7 +175,7 @@ void print_operation(const OperationReport& r, bool json) {
 
 void run_apply(const PatchCommandOptions& opt, const GlobalOptions& global) {
     ProgressLine line(opt.json);
-    OperationLock monitor = lock_monitor(global, opt.target, "apply");
+    OperationLock monitor = lock_monitor(opt.target, "apply");
     auto machine = open_machine(opt.target, global.connection);
     Patcher patcher(*machine, patch_options(opt, global, line));
     OperationReport report = patcher.apply(opt.module, opt.resume);
@@ -186,7 +185,7 @@ void run_apply(const PatchCommandOptions& opt, const GlobalOptions& global) {
 
 void run_revert(const PatchCommandOptions& opt, const GlobalOptions& global) {
     ProgressLine line(opt.json);
-    OperationLock monitor = lock_monitor(global, opt.target, "revert");
+    OperationLock monitor = lock_monitor(opt.target, "revert");
     auto machine = open_machine(opt.target, global.connection);
     Patcher patcher(*machine, patch_options(opt, global, line));
     OperationReport report = patcher.revert(opt.name);
@@ -196,7 +195,7 @@ void run_revert(const PatchCommandOptions& opt, const GlobalOptions& global) {
 
 void run_status(const PatchCommandOptions& opt, const GlobalOptions& global) {
     ProgressLine line(opt.json);
-    OperationLock monitor = lock_monitor(global, opt.target, "status");
+    OperationLock monitor = lock_monitor(opt.target, "status");
     auto machine = open_machine(opt.target, global.connection);
     Patcher patcher(*machine, patch_options(opt, global, line));
     StatusReport r = patcher.status();

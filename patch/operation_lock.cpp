@@ -90,6 +90,17 @@ std::string default_state_dir() {
     return dir;
 }
 
+std::string default_lock_dir() {
+    const char* env = std::getenv("HVPATCH_LOCK_DIR");
+    std::string dir = env && *env ? env : "/run/hvpatch/locks";
+    try {
+        make_private_directories(dir);
+    } catch (const Error& e) {
+        throw Error(e.kind(), std::string(e.what()) + " (hvpatch's lock directory; set HVPATCH_LOCK_DIR to use another)");
+    }
+    return dir;
+}
+
 std::string vm_lock_key(std::string_view vm_identity) {
     std::string key;
     bool changed = vm_identity.empty();

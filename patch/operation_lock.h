@@ -3,7 +3,10 @@
 // Two hvpatch processes patching the same guest at once would interleave
 // their pauses, memory writes and state files. Each operation that changes
 // a VM (apply, revert, ...) first takes the VM's lock: an flock(LOCK_EX) on
-// <state_dir>/<vm_key>.lock. The holder writes a description of itself
+// <lock_dir>/<vm_key>.lock. The lock directory is host-wide and separate
+// from the state directory (default_lock_dir()): the state of a libvirt
+// domain lives in its own XML, and two operators with different
+// --state-dir must still exclude each other on one VM. The holder writes a description of itself
 // (pid, user, host, operation, start time) into the file so that a refused
 // operator learns who is in the way.
 //
@@ -38,6 +41,12 @@ namespace hvpatch {
 // it cannot be created.
 std::string default_state_dir();
 
+// $HVPATCH_LOCK_DIR if set and non-empty, else /run/hvpatch/locks (runtime
+// data: a lock only matters while the VMs of this boot of the host run);
+// created like default_state_dir(). Throws Error(Internal) naming the
+// directory and HVPATCH_LOCK_DIR if it cannot be created.
+std::string default_lock_dir();
+
 // A lock key for a VM identity that may contain any characters (a QMP
 // socket path, a libvirt URI + domain name): characters other than
 // [A-Za-z0-9._-] become '_', and when anything had to change (or the name
@@ -48,7 +57,7 @@ std::string vm_lock_key(std::string_view vm_identity);
 
 class OperationLock {
 public:
-    // Opens/creates <state_dir>/<vm_key>.lock (mode 0600) and takes it
+    // Opens/creates <lock_dir>/<vm_key>.lock (mode 0600) and takes it
     // without waiting. Throws Error(Busy) when another process holds it:
     // "VM <key> is busy: hvpatch pid 1234 (user root) on host h has been
     // running 'apply' since 2026-11-27T05:40:12.345Z (12 s) [lock file
@@ -56,7 +65,7 @@ public:
     // name ([A-Za-z0-9._-], not starting with '.', at most 200 characters:
     // MachineIdentity::key() and vm_lock_key() give such keys),
     // Error(Internal) when the file cannot be opened or locked.
-    [[nodiscard]] static OperationLock acquire(const std::string& state_dir, const std::string& vm_key,
+    [[nodiscard]] static OperationLock acquire(const std::string& lock_dir, const std::string& vm_key,
                                  std::string_view operation);
 
     OperationLock(OperationLock&& other) noexcept;
@@ -91,10 +100,10 @@ private:
     std::string previous_holder_;
 };
 
-// Without taking the lock: the description a holder of <state_dir>/<vm_key>.lock
+// Without taking the lock: the description a holder of <lock_dir>/<vm_key>.lock
 // left behind when it ended without releasing it (JSON text), "" if there
 // is none or the lock is held right now (the operation is still running).
-std::string unfinished_operation(const std::string& state_dir, const std::string& vm_key);
+std::string unfinished_operation(const std::string& lock_dir, const std::string& vm_key);
 // "'apply' by hvpatch pid 1234 (user root), started T, did not finish"
 // for such a description (or for previous_holder()).
 std::string describe_unfinished_operation(const std::string& description);

@@ -115,10 +115,10 @@ struct Patcher::Session {
         make_private_directories(state_dir);
         was_running = machine.run_state() == RunState::Running;
         if (take_lock) {
-            lock = std::make_unique<OperationLock>(OperationLock::acquire(state_dir, id.key(), operation));
+            lock = std::make_unique<OperationLock>(OperationLock::acquire(default_lock_dir(), id.key(), operation));
             take_over_unfinished(operation);
         } else {
-            unfinished = unfinished_operation(state_dir, id.key());
+            unfinished = unfinished_operation(default_lock_dir(), id.key());
         }
         freeze();
         kernel = GuestKernel::open(machine);

@@ -6,8 +6,12 @@
 //      the element is gone after the last revert; the audit record names
 //      the connection and the domain;
 //   2. after a guest reset the record is stale: status says so, revert of
-//      its patch is refused, and the next apply replaces the record.
+//      its patch is refused, and the next apply replaces the record;
+//   3. two hvpatch runs on one domain: while an apply runs, a second one
+//      (naming the domain by UUID, with another state directory) is refused
+//      at once naming the holder, and the first one is not disturbed.
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <filesystem>
 #include <thread>
@@ -192,6 +196,38 @@ TEST_F(LibvirtDomainStateTest, AfterAGuestResetTheRecordIsStaleAndTheNextApplyRe
     EXPECT_NE(xml.find("boot-id=\"" + status["boot_id"].get<std::string>() + "\""), std::string::npos) << xml;
     EXPECT_EQ(xml.find(first_boot), std::string::npos) << xml;
     EXPECT_EQ(hvpatch_json("fresh", {"revert", name, "livepatch_cmdline"}).value("outcome", ""), "reverted");
+    EXPECT_EQ(dumpxml(name).find(kVmRecordNamespace), std::string::npos);
+}
+
+TEST_F(LibvirtDomainStateTest, ASecondOperationOnTheDomainIsRefusedNamingTheHolderWhateverItsStateDir) {
+    const std::string name = domain_->name();
+    // The sleeper patch: the guest's sleeping workloads hold the transition
+    // until hvpatch wakes them (--signal-after), long enough to try a second run.
+    std::vector<std::string> argv{hvpatch_binary(), "-c", kUri, "--state-dir", *dir_ + "/first", "--audit-log",
+                                  audit_log(), "apply", name, example_patch_ko(Example::Sleeper, domain_->release()),
+                                  "--signal-after", "8", "--timeout", "60"};
+    CommandOptions options;
+    options.timeout = 120s;
+    options.env = {"LIBVIRT_DEFAULT_URI="};
+    RunningCommand first(argv, options);
+    ASSERT_TRUE(first.wait_for_output("patching: pass 2,", 60s, /*in_stderr=*/true)) << first.err();
+
+    CommandResult second = hvpatch("other", {"apply", domain_->uuid(),
+                                             example_patch_ko(Example::Cmdline, domain_->release()), "--json"});
+    EXPECT_EQ(second.exit_code, 3) << second.describe();
+    EXPECT_NE(second.err.find("busy: hvpatch pid " + std::to_string(first.pid()) + " "), std::string::npos)
+        << second.err;
+    EXPECT_NE(second.err.find("running 'apply'"), std::string::npos) << second.err;
+    EXPECT_NE(domain_->run_ok(std::string(kCmdlineOracle)), kCmdlinePatchedOutput) << "the refused apply wrote";
+
+    CommandResult finished = first.wait();
+    EXPECT_EQ(finished.exit_code, 0) << finished.describe();
+    json status = hvpatch_json("other", {"status", name});
+    ASSERT_EQ(status["patches"].size(), 1u) << status.dump(2);
+    EXPECT_EQ(status["patches"][0]["name"], "livepatch_sleeper");
+    EXPECT_EQ(status["patches"][0]["phase"], "applied");
+    json reverted = hvpatch_json("other", {"revert", name, "livepatch_sleeper", "--signal-after", "1"});
+    EXPECT_EQ(reverted.value("outcome", ""), "reverted") << reverted.dump(2);
     EXPECT_EQ(dumpxml(name).find(kVmRecordNamespace), std::string::npos);
 }
 
