@@ -9,7 +9,10 @@
 //      its patch is refused, and the next apply replaces the record;
 //   3. two hvpatch runs on one domain: while an apply runs, a second one
 //      (naming the domain by UUID, with another state directory) is refused
-//      at once naming the holder, and the first one is not disturbed.
+//      at once naming the holder, and the first one is not disturbed;
+//   4. a domain the operator suspended (`virsh suspend`) is patched and
+//      unpatched while paused and is "paused (user)" again after each, as
+//      libvirt recorded it, though the guest had to run for the guest calls.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -38,6 +41,13 @@ CommandResult virsh(const std::vector<std::string>& args) {
     std::vector<std::string> argv{"virsh", "-c", kUri};
     argv.insert(argv.end(), args.begin(), args.end());
     return run_command(argv, 60s);
+}
+
+// `virsh domstate --reason`: "running (unpaused)", "paused (user)", ...
+std::string domstate(const std::string& domain) {
+    CommandResult r = virsh({"domstate", "--reason", domain});
+    EXPECT_EQ(r.exit_code, 0) << r.describe();
+    return r.out.substr(0, r.out.find('\n'));
 }
 
 std::string dumpxml(const std::string& domain, bool inactive = false) {
@@ -229,6 +239,26 @@ TEST_F(LibvirtDomainStateTest, ASecondOperationOnTheDomainIsRefusedNamingTheHold
     json reverted = hvpatch_json("other", {"revert", name, "livepatch_sleeper", "--signal-after", "1"});
     EXPECT_EQ(reverted.value("outcome", ""), "reverted") << reverted.dump(2);
     EXPECT_EQ(dumpxml(name).find(kVmRecordNamespace), std::string::npos);
+}
+
+TEST_F(LibvirtDomainStateTest, ASuspendedDomainIsPatchedAndStaysPausedAsTheOperatorLeftIt) {
+    const std::string name = domain_->name();
+    const std::string original = domain_->run_ok(std::string(kCmdlineOracle));
+    ASSERT_EQ(virsh({"suspend", name}).exit_code, 0);
+    ASSERT_EQ(domstate(name), "paused (user)");
+    json applied = hvpatch_json("other", {"apply", name, example_patch_ko(Example::Cmdline, domain_->release())});
+    EXPECT_EQ(applied.value("outcome", ""), "applied") << applied.dump(2);
+    EXPECT_EQ(domstate(name), "paused (user)");
+    ASSERT_EQ(virsh({"resume", name}).exit_code, 0);
+    EXPECT_EQ(domain_->run_ok(std::string(kCmdlineOracle)), kCmdlinePatchedOutput);
+
+    ASSERT_EQ(virsh({"suspend", name}).exit_code, 0);
+    json reverted = hvpatch_json("other", {"revert", name, "livepatch_cmdline"});
+    EXPECT_EQ(reverted.value("outcome", ""), "reverted") << reverted.dump(2);
+    EXPECT_EQ(domstate(name), "paused (user)");
+    ASSERT_EQ(virsh({"resume", name}).exit_code, 0);
+    EXPECT_EQ(domain_->run_ok(std::string(kCmdlineOracle)), original);
+    EXPECT_EQ(domstate(name), "running (unpaused)");
 }
 
 }  // namespace

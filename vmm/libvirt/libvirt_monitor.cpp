@@ -35,6 +35,23 @@ nlohmann::json qmp_return_value(const std::string& reply, const std::string& who
     return *ret;
 }
 
+LibvirtMonitor::LibvirtMonitor(std::shared_ptr<LibvirtDomain> domain)
+    : domain_(std::move(domain)), found_state_(libvirt_state()) {}
+
+std::pair<int, int> LibvirtMonitor::libvirt_state() {
+    int state = -1, reason = -1;
+    if (virDomainGetState(domain_->get(), &state, &reason, 0) < 0) return {-1, -1};
+    return {state, reason};
+}
+
+void LibvirtMonitor::paused_again_after_running() {
+    const std::pair<int, int> user_paused{VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_USER};
+    auto now = libvirt_state();
+    if (found_state_ != user_paused || now.first != VIR_DOMAIN_PAUSED || now == user_paused) return;
+    cont();
+    stop();
+}
+
 std::string LibvirtMonitor::send(const std::string& text, unsigned int flags, const std::string& what) {
     char* reply = nullptr;
     if (virDomainQemuMonitorCommand(domain_->get(), text.c_str(), &reply, flags) < 0 || !reply)

@@ -82,6 +82,7 @@ QemuMachine::~QemuMachine() {
     try {
         if (initially_running_ && !running_) monitor_->cont();
         if (!initially_running_ && running_) monitor_->stop();
+        if (!initially_running_ && ran_while_found_paused_) monitor_->paused_again_after_running();
     } catch (const std::exception& e) {
         std::fprintf(stderr, "hvpatch: %s: could not restore the VM's run state (%s): %s\n", name_.c_str(),
                      initially_running_ ? "running" : "paused", e.what());
@@ -156,6 +157,7 @@ void QemuMachine::resume() {
     if (gdb_) gdb_->resume();
     else monitor_->cont();
     running_ = true;
+    if (!initially_running_) ran_while_found_paused_ = true;
 }
 
 std::vector<int> QemuMachine::vcpus() { return vcpu_indices_; }

@@ -82,6 +82,7 @@ private:
     std::string initial_status_;
     bool initially_running_ = false;  // and the run state restored on close
     bool running_ = false;  // our view of the VM's run state
+    bool ran_while_found_paused_ = false;  // a VM found paused was let run (guest calls)
 
     MemoryAccessInfo memory_;
     std::unique_ptr<RamFile> ram_;

@@ -23,6 +23,12 @@ public:
     // pause as its own instead of learning of it from a QEMU event).
     virtual void stop() = 0;
     virtual void cont() = 0;
+    // Called once at the end when the VM was found paused, hvpatch had to
+    // let it run meanwhile (guest calls) and left it paused again by
+    // stopping it through the gdbstub. An owner that records why a VM is
+    // paused (libvirt: "paused (user)") learned of that stop only as a QEMU
+    // event; this is its chance to put its record back as it was.
+    virtual void paused_again_after_running() {}
 };
 
 }  // namespace hvpatch
