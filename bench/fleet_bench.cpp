@@ -2,10 +2,15 @@
 // a time (--parallel 1) against all at once (--parallel N), side by side
 // in one run. Prints figures, asserts nothing.
 //
-//   build/bench/fleet_bench [--reps N] [--targets N]
+//   build/bench/fleet_bench [--reps N] [--targets N] [--libvirt]
 //       --reps N     repetitions (default 2); each applies and reverts the
 //                    sample patch once per --parallel setting
 //       --targets N  guests (default 4; each 1 vCPU, 512 MiB, TCG here)
+//       --libvirt    the guests are transient libvirt domains on
+//                    qemu:///system (shared RAM), named to hvpatch by name
+//                    with -c; needs a running libvirtd
+//                    (scripts/libvirt-daemon start). Default: QEMUs
+//                    started by the launcher, named qmp:PATH.
 //
 // The N guests (default kernel, scripts/build-test-guest) are booted one
 // after the other and stay up for the whole run. Each repetition runs, in alternating
@@ -43,6 +48,7 @@
 #include "hvpatch/error.h"
 #include "support/example_patches.h"
 #include "support/run_command.h"
+#include "support/test_domain.h"
 #include "support/test_guest.h"
 
 namespace {
@@ -78,6 +84,7 @@ std::string cell(const std::vector<double>& values) {
 struct Options {
     int reps = 2;
     int targets = 4;
+    bool libvirt = false;
 };
 
 std::optional<Options> parse_args(int argc, char** argv) {
@@ -94,8 +101,11 @@ std::optional<Options> parse_args(int argc, char** argv) {
             o.reps = static_cast<int>(*v);
         } else if (std::strcmp(argv[i], "--targets") == 0 && i + 1 < argc && (v = number(argv[++i], 2, 16))) {
             o.targets = static_cast<int>(*v);
+        } else if (std::strcmp(argv[i], "--libvirt") == 0) {
+            o.libvirt = true;
         } else {
-            std::fprintf(stderr, "usage: fleet_bench [--reps N] [--targets N]   (defaults: 2 reps, 4 targets; 2..16)\n");
+            std::fprintf(stderr,
+                         "usage: fleet_bench [--reps N] [--targets N] [--libvirt]   (defaults: 2 reps, 4 targets; 2..16)\n");
             return std::nullopt;
         }
     }
@@ -118,17 +128,30 @@ struct ScratchDir {
 // Row -> column -> samples.
 using Figures = std::map<std::string, std::map<std::string, std::vector<double>>>;
 
+// The guests, as QEMUs of the launcher or as libvirt domains: what the
+// bench needs of either is a target name and a shell into the guest.
+struct Guests {
+    std::vector<std::unique_ptr<TestGuest>> qemus;
+    std::vector<std::unique_ptr<TestDomain>> domains;
+    std::vector<std::string> targets;  // as hvpatch names them
+    GuestShell& first() { return qemus.empty() ? static_cast<GuestShell&>(*domains.front()) : *qemus.front(); }
+    std::string release() { return first().release(); }
+    std::string accelerator() { return qemus.empty() ? "tcg (domain type qemu)" : qemus.front()->vm().accel(); }
+};
+
 struct Bench {
-    std::vector<std::unique_ptr<TestGuest>>& guests;
+    Guests& guests;
+    bool libvirt = false;
     std::string dir, ko;
     Figures figures;
 
     // One fleet run; adds its figures under column `column`.
     void fleet(const std::string& verb, int parallel, const std::string& column) {
         std::vector<std::string> argv = {hvpatch_binary(), "--state-dir", dir + "/state", "--audit-log",
-                                         dir + "/audit.jsonl", "fleet", verb,
-                                         verb == "apply" ? ko : std::string("livepatch_cmdline")};
-        for (const auto& g : guests) argv.push_back(g->target());
+                                         dir + "/audit.jsonl"};
+        if (libvirt) argv.insert(argv.end(), {"-c", "qemu:///system"});
+        argv.insert(argv.end(), {"fleet", verb, verb == "apply" ? ko : std::string("livepatch_cmdline")});
+        argv.insert(argv.end(), guests.targets.begin(), guests.targets.end());
         argv.insert(argv.end(), {"--parallel", std::to_string(parallel), "--json"});
         CommandOptions options;
         options.timeout = 600s;
@@ -150,7 +173,7 @@ struct Bench {
         figures[verb + ": slowest target, ms"][column].push_back(*std::max_element(per_target.begin(), per_target.end()));
         figures[verb + ": sum of targets / wall"][column].push_back(
             std::accumulate(per_target.begin(), per_target.end(), 0.0) / wall);
-        std::string seen = guests[0]->run_ok(std::string(kCmdlineOracle));
+        std::string seen = guests.first().run_ok(std::string(kCmdlineOracle));
         if ((seen == kCmdlinePatchedOutput) != (verb == "apply"))
             throw Error(ErrorKind::Internal, "after fleet " + verb + " the guest reads '" + seen + "'");
     }
@@ -163,20 +186,32 @@ int main(int argc, char** argv) {
     if (!options) return 2;
     try {
         ScratchDir scratch;
-        std::printf("fleet_bench: booting %d test guests (1 vCPU, 512 MiB each) ...\n", options->targets);
+        std::printf("fleet_bench: booting %d test guests (1 vCPU, 512 MiB each) as %s ...\n", options->targets,
+                    options->libvirt ? "libvirt domains (qemu:///system)" : "launcher QEMUs (qmp:)");
         std::fflush(stdout);
-        TestGuestOptions guest_options;
-        guest_options.vcpus = 1;
         const auto boot0 = Clock::now();
-        // From this thread, one after the other: QEMU dies with the thread
-        // that launched it (PR_SET_PDEATHSIG).
-        std::vector<std::unique_ptr<TestGuest>> guests;
-        for (int i = 0; i < options->targets; ++i) guests.push_back(TestGuest::boot(guest_options));
+        Guests guests;
+        for (int i = 0; i < options->targets; ++i) {
+            if (options->libvirt) {
+                TestDomainOptions o;
+                o.name = test_domain_name("bench", std::to_string(i));
+                o.vcpus = 1;
+                guests.domains.push_back(TestDomain::boot(o));
+                guests.targets.push_back(o.name);
+            } else {
+                // From this thread, one after the other: QEMU dies with the
+                // thread that launched it (PR_SET_PDEATHSIG).
+                TestGuestOptions o;
+                o.vcpus = 1;
+                guests.qemus.push_back(TestGuest::boot(o));
+                guests.targets.push_back(guests.qemus.back()->target());
+            }
+        }
         const double boot_ms = std::chrono::duration<double, std::milli>(Clock::now() - boot0).count();
-        std::printf("  booted in %s ms; kernel %s, accelerator %s\n", fmt(boot_ms).c_str(), guests[0]->release().c_str(),
-                    guests[0]->vm().accel().c_str());
+        std::printf("  booted in %s ms; kernel %s, accelerator %s\n", fmt(boot_ms).c_str(), guests.release().c_str(),
+                    guests.accelerator().c_str());
 
-        Bench bench{guests, scratch.path, example_patch_ko(Example::Cmdline, guests[0]->release()), {}};
+        Bench bench{guests, options->libvirt, scratch.path, example_patch_ko(Example::Cmdline, guests.release()), {}};
         const std::string serial = "--parallel 1";
         const std::string parallel = "--parallel " + std::to_string(options->targets);
         for (int rep = 0; rep < options->reps; ++rep) {
