@@ -19,6 +19,13 @@ std::unique_ptr<Machine> open_machine(const std::string& target, const std::stri
         return std::make_unique<QemuMachine>(std::make_unique<QmpSocketMonitor>(QmpClient::connect(path)), target);
     }
     if (target.empty()) throw Error(ErrorKind::Usage, "an empty target: expected a libvirt domain or qmp:PATH");
+    // libvirt refuses '/' in domain names, so such a target was meant as a
+    // path (or a URI): say how to write it instead of looking it up.
+    if (target.find('/') != std::string::npos)
+        throw Error(ErrorKind::Usage, "target '" + target +
+                                          "' is neither qmp:PATH nor a libvirt domain name or UUID (domain names cannot "
+                                          "contain '/'); a QMP socket is written qmp:" + target +
+                                          ", a libvirt connection is given with -c URI");
     return LibvirtMachine::open(target, connection);
 }
 

@@ -2,8 +2,9 @@
 // transient domains of the test guest (default kernel, named
 // hvpt-fleet-<pid>-a/-b, one given by name and one by UUID, on -c URI) and a
 // QEMU-launched guest with the cloud kernel, for which the sample patch does
-// not fit. Checked from inside each guest (cat /proc/cmdline), in the
-// fleet's report and exit code: apply = two applied + one skipped (exit 6),
+// not fit, and a defined domain that is shut off. Checked from inside each
+// guest (cat /proc/cmdline), in the fleet's report and exit code: apply =
+// two applied + one skipped + one failed (shut off) (exit 6),
 // revert = two reverted + one not-applied (exit 0). The children reach the
 // domains only through the -c the fleet passes on ($LIBVIRT_DEFAULT_URI is
 // cleared). --all-running is run on libvirt's test driver (test:///default,
@@ -12,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -114,11 +116,25 @@ TEST_F(FleetLibvirtTest, DomainsByNameAndUuidBesideAQmpTarget) {
     const std::string original_a = a_->run_ok(oracle), original_b = b_->run_ok(oracle), original_c = c_->run_ok(oracle);
     ASSERT_NE(original_a, kCmdlinePatchedOutput);
     const std::string ko = example_patch_ko(Example::Cmdline, a_->release());
+    // A domain that is defined but shut off: a copy of a's definition
+    // (which names no UUID) under another name.
+    const std::string off = test_domain_name("fleet", "off");
+    std::string xml = a_->definition();
+    xml.replace(xml.find(a_->name()), a_->name().size(), off);
+    std::ofstream(*dir_ + "/off.xml") << xml;
+    ASSERT_EQ(run_command({"virsh", "-c", kUri, "define", *dir_ + "/off.xml"}, 60s).exit_code, 0);
 
-    CommandResult applied =
-        hvpatch({"fleet", "apply", ko, a_->name(), b_->uuid(), c_->target(), "--parallel", "3", "--json"});
+    CommandResult applied = hvpatch(
+        {"fleet", "apply", ko, a_->name(), b_->uuid(), c_->target(), off, "--parallel", "3", "--json"});
+    EXPECT_EQ(run_command({"virsh", "-c", kUri, "undefine", off}, 60s).exit_code, 0);
     EXPECT_EQ(applied.exit_code, kExitPartial) << applied.describe();
     json report = parse(applied);
+    EXPECT_EQ(outcome(report, off), "failed") << report.dump(2);
+    for (const auto& t : report["targets"]) {
+        if (t.value("target", "") == off) {
+            EXPECT_NE(t.value("reason", "").find("is shut off"), std::string::npos) << t.dump(2);
+        }
+    }
     EXPECT_EQ(outcome(report, a_->name()), "applied") << report.dump(2);
     EXPECT_EQ(outcome(report, b_->uuid()), "applied") << report.dump(2);
     EXPECT_EQ(outcome(report, c_->target()), "skipped") << report.dump(2);
