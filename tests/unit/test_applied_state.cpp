@@ -6,6 +6,7 @@
 
 #include "hvpatch/error.h"
 #include "patch/applied_state.h"
+#include "sample_applied_patch.h"
 
 namespace hvpatch {
 namespace {
@@ -18,36 +19,8 @@ VmState sample_state() {
     state.target = "qmp:/run/vm.sock";
     state.boot_id = "0123456789abcdef0123456789abcdef";
     state.kernel_release = "6.1.0-56-amd64";
-    AppliedPatch p;
-    p.name = "livepatch_cmdline";
-    p.sha256 = std::string(64, 'a');
-    p.module_path = "/tmp/livepatch_cmdline.ko";
+    AppliedPatch p = test::sample_applied_patch();
     p.phase = PatchPhase::Patching;
-    p.base = 0xffffffffc0400000;
-    p.size = 3 * 4096;
-    p.text_size = 4096;
-    p.rodata_size = 4096;
-    p.data_size = 4096;
-    p.text_protected = true;
-    p.orc_ip_table = 0xffffffffc0401000;
-    p.orc_table = 0xffffffffc0401020;
-    p.orc_entries = 6;
-    p.code = {{"livepatch_cmdline_proc_show", 0xffffffffc0400030, 0xffffffffc040004f}};
-    RedirectedFunction f;
-    f.object = "vmlinux";
-    f.name = "cmdline_proc_show";
-    f.new_symbol = "livepatch_cmdline_proc_show";
-    f.entry = 0xffffffff81399d60;
-    f.size = 0x30;
-    f.site = 0xffffffff81399d64;
-    f.new_address = 0xffffffffc0400030;
-    f.new_size = 0x1f;
-    f.trampoline = 0xffffffffc0400060;
-    f.original = {0x0f, 0x1f, 0x44, 0x00, 0x00};
-    f.to_trampoline = {0xe9, 0xf7, 0x62, 0x06, 0x3f};
-    f.to_new = {0xe9, 0xc7, 0x62, 0x06, 0x3f};
-    p.functions = {f};
-    p.applied_at = p.updated_at = "2026-11-27T06:00:00Z";
     state.patches = {p};
     return state;
 }
