@@ -37,18 +37,8 @@ namespace fs = std::filesystem;
 
 constexpr const char* kUri = "qemu:///system";
 
-CommandResult virsh(const std::vector<std::string>& args) {
-    std::vector<std::string> argv{"virsh", "-c", kUri};
-    argv.insert(argv.end(), args.begin(), args.end());
-    return run_command(argv, 60s);
-}
-
-// `virsh domstate --reason`: "running (unpaused)", "paused (user)", ...
-std::string domstate(const std::string& domain) {
-    CommandResult r = virsh({"domstate", "--reason", domain});
-    EXPECT_EQ(r.exit_code, 0) << r.describe();
-    return r.out.substr(0, r.out.find('\n'));
-}
+CommandResult virsh(const std::vector<std::string>& args) { return run_virsh(kUri, args); }
+std::string domstate(const std::string& domain) { return virsh_domstate(kUri, domain); }
 
 std::string dumpxml(const std::string& domain, bool inactive = false) {
     std::vector<std::string> args{"dumpxml", domain};

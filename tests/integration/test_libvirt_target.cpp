@@ -46,23 +46,8 @@ CommandResult hvpatch(const std::vector<std::string>& args, const std::vector<st
     return run_command(argv, options);
 }
 
-std::string trim(std::string text) {
-    while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-    return text;
-}
-
-CommandResult virsh(const std::vector<std::string>& args) {
-    std::vector<std::string> argv{"virsh", "-c", kUri};
-    argv.insert(argv.end(), args.begin(), args.end());
-    return run_command(argv, 60s);
-}
-
-// "running (unpaused)", "paused (user)", ...
-std::string domstate(const std::string& domain) {
-    CommandResult r = virsh({"domstate", "--reason", domain});
-    EXPECT_EQ(r.exit_code, 0) << r.describe();
-    return trim(r.out);
-}
+CommandResult virsh(const std::vector<std::string>& args) { return run_virsh(kUri, args); }
+std::string domstate(const std::string& domain) { return virsh_domstate(kUri, domain); }
 
 // The lifecycle events of one domain while `action` runs, as virsh prints
 // them ("Suspended Paused", "Resumed Unpaused", ...), in order.

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 
 #include <libvirt/libvirt.h>
 
@@ -134,6 +135,18 @@ std::string TestDomain::post_mortem() {
     if (handles_ && handles_->dom) virDomainGetState(handles_->dom, &state, &reason, 0);
     return "domain " + name_ + " state " + std::to_string(state) + " reason " + std::to_string(reason) +
            "; console tail:\n" + console_tail(console_log());
+}
+
+CommandResult run_virsh(const std::string& uri, const std::vector<std::string>& args) {
+    std::vector<std::string> argv{"virsh", "-c", uri};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return run_command(argv, std::chrono::seconds(60));
+}
+
+std::string virsh_domstate(const std::string& uri, const std::string& domain) {
+    CommandResult r = run_virsh(uri, {"domstate", "--reason", domain});
+    if (r.exit_code != 0) throw std::runtime_error("virsh domstate " + domain + ": " + r.describe());
+    return r.out.substr(0, r.out.find('\n'));
 }
 
 }  // namespace hvpatch::test

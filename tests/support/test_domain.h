@@ -18,8 +18,10 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "support/guest_shell.h"
+#include "support/run_command.h"
 
 namespace hvpatch::test {
 
@@ -41,6 +43,12 @@ struct TestDomainOptions {
 // "hvpt-<helper>-<pid>-<suffix>": names the creator so parallel helpers'
 // domains never clash and a leftover domain says whose it is.
 std::string test_domain_name(const std::string& helper, const std::string& suffix);
+
+// virsh -c URI ARGS... (60 s timeout), as an operator would run it.
+CommandResult run_virsh(const std::string& uri, const std::vector<std::string>& args);
+// The first line of `virsh domstate --reason DOMAIN`: "running (unpaused)",
+// "paused (user)", ... Throws std::runtime_error with virsh's output if it fails.
+std::string virsh_domstate(const std::string& uri, const std::string& domain);
 
 class TestDomain : public GuestShell {
 public:
