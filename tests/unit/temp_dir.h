@@ -1,5 +1,6 @@
 // A fresh directory under $TMPDIR (or /tmp) for one test, removed with
-// everything in it when the test ends.
+// everything in it when the test ends; and whole-file text reads/writes of
+// the files tests put there.
 #pragma once
 
 #include <cerrno>
@@ -7,6 +8,8 @@
 #include <cstring>
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -43,5 +46,19 @@ public:
 private:
     std::string path_;
 };
+
+// The bytes of `path` ("" if it cannot be opened).
+inline std::string read_text(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+// Replaces the content of `path` with `text`.
+inline void write_text(const std::string& path, const std::string& text) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << text;
+}
 
 }  // namespace hvpatch::test

@@ -15,19 +15,11 @@ namespace {
 using json = nlohmann::json;
 using test::CommandResult;
 using test::TempDir;
+using test::read_text;
+using test::write_text;
 
 constexpr int kVerifyFailed = 5;  // documented in docs/operator-guide.md
 
-std::string read_text(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
-void write_text(const std::string& path, const std::string& text) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << text;
-}
 std::vector<std::string> lines_of(const std::string& text) {
     std::vector<std::string> lines;
     std::istringstream in(text);

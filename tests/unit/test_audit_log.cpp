@@ -21,17 +21,9 @@ namespace {
 
 using json = nlohmann::json;
 using test::TempDir;
+using test::read_text;
+using test::write_text;
 
-std::string read_text(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
-void write_text(const std::string& path, const std::string& text) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << text;
-}
 std::vector<std::string> read_lines(const std::string& path) {
     std::vector<std::string> lines;
     std::istringstream in(read_text(path));

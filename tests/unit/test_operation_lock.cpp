@@ -20,13 +20,7 @@ namespace hvpatch {
 namespace {
 
 using test::TempDir;
-
-std::string read_text(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
+using test::read_text;
 
 // The Busy error message of acquiring `key`, or "" if it was acquired.
 std::string busy_message(const std::string& dir, const std::string& key) {

@@ -14,16 +14,12 @@ namespace {
 
 using json = nlohmann::json;
 using test::TempDir;
+using test::write_text;
 
 mode_t file_mode(const std::string& path) {
     struct stat st {};
     EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
     return st.st_mode & 07777;
-}
-
-void write_text(const std::string& path, const std::string& text) {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out << text;
 }
 
 TEST(StateFile, WriteThenReadRoundTripsWithMode0600AndNoTempFileLeft) {
