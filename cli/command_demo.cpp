@@ -133,7 +133,7 @@ void run_demo(const DemoOptions& opt, const GlobalOptions& global) {
     auto channel = GuestCommandChannel::connect(vm->command_socket_path(), Deadline(std::chrono::seconds(30)));
     if (opt.inspect) {
         progress(opt.json, "hvpatch inspect " + target);
-        auto machine = open_machine(target);
+        auto machine = open_target(target, global);
         inspect_machine(*machine, opt.json);
         if (!opt.json) show_stacks(*machine);
     }
@@ -147,7 +147,7 @@ void run_demo(const DemoOptions& opt, const GlobalOptions& global) {
 
     std::string before = guest_says(channel, "cat /proc/cmdline", opt.json, steps);
     progress(opt.json, "hvpatch apply " + target + " " + patch);
-    auto machine = open_machine(target);
+    auto machine = open_target(target, global);
     Patcher patcher(*machine, options);
     OperationReport applied = patcher.apply(patch);
     if (!opt.json)

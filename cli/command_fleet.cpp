@@ -70,6 +70,7 @@ std::vector<std::string> child_global_arguments(const GlobalOptions& global) {
     if (global.audit_syslog) args.push_back("--audit-syslog");
     if (!global.state_dir.empty()) args.insert(args.end(), {"--state-dir", global.state_dir});
     if (!global.connection.empty()) args.insert(args.end(), {"--connect", global.connection});
+    if (!global.memory_path.empty()) args.insert(args.end(), {"--memory-path", global.memory_path});
     return args;
 }
 

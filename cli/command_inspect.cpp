@@ -148,7 +148,7 @@ void inspect_machine(Machine& machine_ref, bool json) {
 namespace {
 
 void run_inspect(const InspectOptions& opt, const GlobalOptions& global) {
-    auto machine = open_machine(opt.target, global.connection);
+    auto machine = open_target(opt.target, global);
     inspect_machine(*machine, opt.json);
 }
 

@@ -130,7 +130,7 @@ void print_blockers(const std::vector<TransitionBlocker>& blockers) {
 void run_check(const PatchCommandOptions& opt, GlobalOptions& global) {
     ProgressLine line(opt.json);
     OperationLock monitor = lock_monitor(opt.target, "check");
-    auto machine = open_machine(opt.target, global.connection);
+    auto machine = open_target(opt.target, global);
     Patcher patcher(*machine, patch_options(opt, global, line));
     CheckReport report = patcher.check(opt.module);
     if (opt.json) {
@@ -176,7 +176,7 @@ void print_operation(const OperationReport& r, bool json) {
 void run_apply(const PatchCommandOptions& opt, const GlobalOptions& global) {
     ProgressLine line(opt.json);
     OperationLock monitor = lock_monitor(opt.target, "apply");
-    auto machine = open_machine(opt.target, global.connection);
+    auto machine = open_target(opt.target, global);
     Patcher patcher(*machine, patch_options(opt, global, line));
     OperationReport report = patcher.apply(opt.module, opt.resume);
     line.end();
@@ -186,7 +186,7 @@ void run_apply(const PatchCommandOptions& opt, const GlobalOptions& global) {
 void run_revert(const PatchCommandOptions& opt, const GlobalOptions& global) {
     ProgressLine line(opt.json);
     OperationLock monitor = lock_monitor(opt.target, "revert");
-    auto machine = open_machine(opt.target, global.connection);
+    auto machine = open_target(opt.target, global);
     Patcher patcher(*machine, patch_options(opt, global, line));
     OperationReport report = patcher.revert(opt.name);
     line.end();
@@ -196,7 +196,7 @@ void run_revert(const PatchCommandOptions& opt, const GlobalOptions& global) {
 void run_status(const PatchCommandOptions& opt, const GlobalOptions& global) {
     ProgressLine line(opt.json);
     OperationLock monitor = lock_monitor(opt.target, "status");
-    auto machine = open_machine(opt.target, global.connection);
+    auto machine = open_target(opt.target, global);
     Patcher patcher(*machine, patch_options(opt, global, line));
     StatusReport r = patcher.status();
     if (opt.json) {

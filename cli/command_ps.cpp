@@ -17,7 +17,7 @@ struct PsOptions {
 };
 
 void run_ps(const PsOptions& opt, const GlobalOptions& global) {
-    Snapshot snap(opt.target, global.connection);
+    Snapshot snap(opt.target, global);
     std::vector<GuestTask> tasks = list_tasks(snap.kernel());
     // Where each task waits: the first frame of its stack outside the
     // scheduler (like wchan). Running tasks have none.

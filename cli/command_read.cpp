@@ -36,7 +36,7 @@ void run_read(const ReadOptions& opt, const GlobalOptions& global) {
     std::optional<std::uint64_t> cr3;
     if (!opt.cr3_text.empty()) cr3 = parse_number(opt.cr3_text, "CR3");
 
-    auto machine = open_machine(opt.target, global.connection);
+    auto machine = open_target(opt.target, global);
     std::vector<std::byte> data(length);
     {
         PauseGuard pause(*machine);

@@ -60,7 +60,7 @@ std::string stack_text(const GuestTask& task, const TaskStack& stack) {
 
 void run_stack(const StackOptions& opt, const GlobalOptions& global) {
     if (opt.all == !opt.pids.empty()) throw Error(ErrorKind::Usage, "stack: give PIDs or --all");
-    Snapshot snap(opt.target, global.connection);
+    Snapshot snap(opt.target, global);
     std::vector<GuestTask> tasks = list_tasks(snap.kernel());
     StackWalker walker(snap.kernel(), applied_patch_code(snap.machine(), snap.kernel(), global.state_dir));
     std::vector<std::pair<GuestTask, TaskStack>> stacks;

@@ -35,7 +35,7 @@ void run_sym(const SymOptions& opt, const GlobalOptions& global) {
     bool by_address = opt.query.rfind("0x", 0) == 0;
     std::uint64_t address = by_address ? parse_number(opt.query, "address") : 0;
 
-    Snapshot snap(opt.target, global.connection);
+    Snapshot snap(opt.target, global);
     const KallsymsTable& table = snap.kernel().symbols();
     ModuleSymbolResolver modules = ModuleSymbolResolver::for_kernel(snap.kernel());
     std::vector<KernelSymbol> symbols;

@@ -14,6 +14,7 @@ struct GlobalOptions {
     std::string audit_log;  // --audit-log, else $HVPATCH_AUDIT_LOG, else the default
     std::string state_dir;  // --state-dir, else $HVPATCH_STATE_DIR, else /var/lib/hvpatch
     bool audit_syslog = false;  // --audit-syslog (or $HVPATCH_AUDIT_SYSLOG=1): audit records to syslog too
+    std::string memory_path;  // --memory-path, else $HVPATCH_MEMORY_PATH, else auto (the fastest that works)
     int exit_code = 0;      // a verb's verdict that is not an error (check: would refuse)
 };
 
@@ -35,6 +36,11 @@ inline constexpr const char* kTargetHelp =
 // verdict, not an error of hvpatch (1) or of the command line (2).
 inline constexpr int kExitAuditVerifyFailed = 5;
 // `hvpatch fleet` has two more verdicts, 6 and 7: cli/fleet_report.h.
+
+// Opens a verb's TARGET with the global options (-c, --memory-path) and
+// tells the operator on stderr when guest memory is reached by a slower
+// path than the VM would allow (the reason, once).
+std::unique_ptr<Machine> open_target(const std::string& target, const GlobalOptions& global);
 
 // The body of `hvpatch inspect`, also used by `hvpatch demo`.
 void inspect_machine(Machine& machine, bool json);

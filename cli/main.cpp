@@ -49,6 +49,10 @@ int main(int argc, char** argv) {
                    "audit log (JSON Lines); default $HVPATCH_AUDIT_LOG or /var/log/hvpatch/audit.jsonl");
     app.add_option("--state-dir", global.state_dir,
                    "where hvpatch keeps what it applied; default $HVPATCH_STATE_DIR or /var/lib/hvpatch");
+    app.add_option("--memory-path", global.memory_path,
+                   "how to read guest RAM: auto (default: the fastest that works), mapped-file, process-memory "
+                   "or gdbstub; also $HVPATCH_MEMORY_PATH")
+        ->check(CLI::IsMember({"auto", "mapped-file", "process-memory", "gdbstub"}));
     app.add_flag("--audit-syslog", global.audit_syslog,
                  "also send each audit record to syslog (authpriv.notice); also $HVPATCH_AUDIT_SYSLOG=1");
 

@@ -31,16 +31,27 @@ nlohmann::json memory_access_json(const MemoryAccessInfo& info) {
     nlohmann::json ranges = nlohmann::json::array();
     for (const auto& r : info.ranges)
         ranges.push_back({{"start", hex(r.start.value)}, {"size", r.size}, {"ram_offset", hex(r.ram_offset)}});
-    return {{"path", info.path == MemoryAccessInfo::Path::MappedFile ? "mapped-file" : "gdbstub"},
-            {"ram_file", info.ram_file},
-            {"ram_size", info.ram_size},
-            {"ranges", ranges}};
+    nlohmann::json doc = {{"path", memory_path_name(info.path)},
+                          {"reads_while_running", info.reads_while_running()},
+                          {"ram_file", info.ram_file},
+                          {"ram_size", info.ram_size},
+                          {"ranges", ranges}};
+    if (info.path == MemoryAccessInfo::Path::ProcessMemory) doc["qemu_pid"] = info.qemu_pid;
+    if (!info.notice.empty()) doc["notice"] = info.notice;
+    return doc;
 }
 
 std::string describe_memory_access(const MemoryAccessInfo& info) {
-    if (info.path == MemoryAccessInfo::Path::MappedFile) return "mapped RAM file " + info.ram_file;
-    if (info.ram_file.empty()) return "gdbstub (RAM is not a shared file)";
-    return "gdbstub (RAM file " + info.ram_file + ")";
+    switch (info.path) {
+        case MemoryAccessInfo::Path::MappedFile:
+            return "mapped RAM file " + info.ram_file;
+        case MemoryAccessInfo::Path::ProcessMemory:
+            return "the memory of QEMU process " + std::to_string(info.qemu_pid) + " (gpa2hva, process_vm_readv)";
+        case MemoryAccessInfo::Path::GdbStub:
+            break;
+    }
+    if (info.ram_file.empty()) return "gdbstub (pauses the guest for each read)";
+    return "gdbstub (pauses the guest for each read; RAM file " + info.ram_file + ")";
 }
 
 std::string hex_dump(std::uint64_t start, const std::byte* data, std::size_t size) {

@@ -2,8 +2,7 @@
 
 namespace hvpatch::cli {
 
-Snapshot::Snapshot(const std::string& target, const std::string& connection)
-    : machine_(open_machine(target, connection)) {
+Snapshot::Snapshot(const std::string& target, const GlobalOptions& global) : machine_(open_target(target, global)) {
     was_running_ = machine_->run_state() == RunState::Running;
     pause_.emplace(*machine_);
     kernel_ = GuestKernel::open(*machine_);

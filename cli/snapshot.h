@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "cli/commands.h"
 #include "hvpatch/machine.h"
 #include "introspect/guest_kernel.h"
 
@@ -17,8 +18,8 @@ namespace hvpatch::cli {
 class Snapshot {
 public:
     // Opens the target, pauses it (if running) and decodes its kernel.
-    // `connection`: the libvirt URI for a domain target ("" = as virsh chooses).
-    Snapshot(const std::string& target, const std::string& connection);
+    // `global`: -c and --memory-path, as every verb opens its target.
+    Snapshot(const std::string& target, const GlobalOptions& global);
     // Resumes (if it paused) — call before printing so the guest is paused
     // no longer than needed. Idempotent; the destructor calls it too.
     void release();

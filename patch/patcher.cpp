@@ -247,7 +247,10 @@ struct Patcher::Session {
         json record = {{"operation", operation},
                        {"vm", {{"key", id.key()}, {"uuid", id.uuid}, {"name", id.name}, {"target", id.target}}},
                        {"kernel", {{"release", kernel ? kernel->info().release : ""}, {"boot_id", boot_id}}},
-                       {"state_location", store->location()}};
+                       {"state_location", store->location()},
+                       // How guest memory was read: an auditor can tell a
+                       // ptrace-based read of the QEMU process from the others.
+                       {"memory_path", memory_path_name(machine.memory_access().path)}};
         if (!id.connection.empty()) record["vm"]["connection"] = id.connection;
         if (lock && !unfinished.empty()) record["took_over"] = describe_unfinished_operation(unfinished);
         return record;

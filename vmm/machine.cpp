@@ -10,13 +10,17 @@
 
 namespace hvpatch {
 
-std::unique_ptr<Machine> open_machine(const std::string& target, const std::string& connection) {
+std::unique_ptr<Machine> open_machine(const std::string& target, const std::string& connection,
+                                      std::optional<MemoryAccessInfo::Path> memory_path) {
     const std::string qmp_prefix = "qmp:";
     if (target.rfind(qmp_prefix, 0) == 0) {
         std::string path = target.substr(qmp_prefix.size());
         if (path.empty()) throw Error(ErrorKind::Usage, "target 'qmp:' needs a socket path: qmp:PATH");
         // QmpClient's errors already name the socket ("qmp:PATH ...").
-        return std::make_unique<QemuMachine>(std::make_unique<QmpSocketMonitor>(QmpClient::connect(path)), target);
+        QemuMachineOptions options;
+        options.memory_path = memory_path;
+        return std::make_unique<QemuMachine>(std::make_unique<QmpSocketMonitor>(QmpClient::connect(path)), target,
+                                             options);
     }
     if (target.empty()) throw Error(ErrorKind::Usage, "an empty target: expected a libvirt domain or qmp:PATH");
     // libvirt refuses '/' in domain names, so such a target was meant as a
@@ -26,11 +30,29 @@ std::unique_ptr<Machine> open_machine(const std::string& target, const std::stri
                                           "' is neither qmp:PATH nor a libvirt domain name or UUID (domain names cannot "
                                           "contain '/'); a QMP socket is written qmp:" + target +
                                           ", a libvirt connection is given with -c URI");
-    return LibvirtMachine::open(target, connection);
+    return LibvirtMachine::open(target, connection, memory_path);
 }
 
 std::vector<std::string> list_running_domains(const std::string& connection) {
     return LibvirtConnection::open(connection)->active_domain_names();
+}
+
+const char* memory_path_name(MemoryAccessInfo::Path path) {
+    switch (path) {
+        case MemoryAccessInfo::Path::MappedFile: return "mapped-file";
+        case MemoryAccessInfo::Path::ProcessMemory: return "process-memory";
+        case MemoryAccessInfo::Path::GdbStub: return "gdbstub";
+    }
+    return "unknown";
+}
+
+std::optional<MemoryAccessInfo::Path> memory_path_from_name(const std::string& name) {
+    if (name.empty() || name == "auto") return std::nullopt;
+    for (auto path : {MemoryAccessInfo::Path::MappedFile, MemoryAccessInfo::Path::ProcessMemory,
+                      MemoryAccessInfo::Path::GdbStub})
+        if (name == memory_path_name(path)) return path;
+    throw Error(ErrorKind::Usage,
+                "memory path '" + name + "': expected auto, mapped-file, process-memory or gdbstub");
 }
 
 std::string MachineIdentity::key() const {

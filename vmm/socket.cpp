@@ -75,6 +75,15 @@ Socket& Socket::operator=(Socket&& other) noexcept {
     return *this;
 }
 
+std::optional<pid_t> Socket::peer_process() const {
+    if (fd_ < 0) return std::nullopt;
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd_, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof cred || cred.pid <= 0)
+        return std::nullopt;
+    return cred.pid;
+}
+
 void Socket::close() {
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;

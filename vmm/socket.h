@@ -2,8 +2,11 @@
 // hang. Waits poll in short slices so SIGINT/SIGTERM are noticed promptly.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -40,6 +43,10 @@ public:
     static Socket connect_tcp(const std::string& host, int port, std::chrono::milliseconds timeout);
 
     bool is_open() const { return fd_ >= 0; }
+    // The process at the other end of a UNIX socket (SO_PEERCRED), as this
+    // process's pid namespace sees it; nullopt for TCP, or when the peer
+    // lives in a pid namespace we cannot see into.
+    std::optional<pid_t> peer_process() const;
     int fd() const { return fd_; }
     const std::string& peer() const { return peer_; }
 

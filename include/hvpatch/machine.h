@@ -33,10 +33,17 @@ struct VcpuRegisters {
     bool operator==(const VcpuRegisters&) const = default;
 };
 
-// How guest RAM is reached; reported by `hvpatch inspect`.
+// How guest RAM is reached; reported by `hvpatch inspect` and named in
+// every audit record. Fastest first: a shared RAM file mapped into hvpatch,
+// the QEMU process's own memory (same host, ptrace rights), the gdbstub
+// (anywhere; each read of a running guest pauses it briefly).
 struct MemoryAccessInfo {
-    enum class Path { MappedFile, GdbStub } path = Path::GdbStub;
+    enum class Path { MappedFile, ProcessMemory, GdbStub } path = Path::GdbStub;
     std::string ram_file;            // path of the shared RAM file, if mapped
+    int qemu_pid = 0;                // the QEMU process read, for ProcessMemory
+    // Why a faster path is not in use ("" when the fastest possible one is,
+    // or the operator chose the path): told to the operator once.
+    std::string notice;
     std::uint64_t ram_size = 0;      // bytes of guest RAM
     struct Range {                   // guest-physical range backed by RAM
         GuestPhysAddr start;
@@ -44,7 +51,18 @@ struct MemoryAccessInfo {
         std::uint64_t ram_offset = 0;  // offset of `start` in the RAM block
     };
     std::vector<Range> ranges;
+
+    // True when guest memory can be read while the guest runs without
+    // pausing it (a shared file, the process's memory).
+    bool reads_while_running() const { return path != Path::GdbStub; }
 };
+
+// "mapped-file", "process-memory", "gdbstub": the names in --json output,
+// audit records and --memory-path.
+const char* memory_path_name(MemoryAccessInfo::Path path);
+// The inverse, with "auto" (or "") giving nullopt; Error(Usage) naming the
+// valid names for anything else.
+std::optional<MemoryAccessInfo::Path> memory_path_from_name(const std::string& name);
 
 struct BreakpointHit {
     int vcpu = 0;          // index of the vCPU that hit it
@@ -118,8 +136,8 @@ public:
     virtual void write_registers(int vcpu, const VcpuRegisters& regs) = 0;
 
     virtual MemoryAccessInfo memory_access() = 0;
-    // PhysicalMemoryReader::read_physical reads from the mapped RAM file when
-    // there is one, else through the stub.
+    // PhysicalMemoryReader::read_physical reads by memory_access().path;
+    // through the stub, a read while the VM runs pauses it for that read.
     // Writes always go through the stub so that a TCG vCPU does not keep
     // executing stale translations of code written behind its back.
     virtual void write_physical(GuestPhysAddr addr, std::span<const std::byte> data) = 0;
@@ -138,8 +156,11 @@ public:
 // socket), else a libvirt domain by name or UUID on `connection` (a libvirt
 // URI; "" = as virsh chooses: $LIBVIRT_DEFAULT_URI, else qemu:///system).
 // Throws Error(Usage) for a malformed target, Error(Unreachable) when the
-// target cannot be reached or does not exist.
-std::unique_ptr<Machine> open_machine(const std::string& target, const std::string& connection = "");
+// target cannot be reached or does not exist. `memory_path`: the one way to
+// read guest RAM (Error(Unreachable) if it cannot be used); nullopt = the
+// fastest that works.
+std::unique_ptr<Machine> open_machine(const std::string& target, const std::string& connection = "",
+                                      std::optional<MemoryAccessInfo::Path> memory_path = std::nullopt);
 
 // Names of the running (or paused) domains on a libvirt connection, for
 // `fleet --all-running`. Throws Error(Unreachable) when libvirt cannot be reached.

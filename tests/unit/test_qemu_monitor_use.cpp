@@ -49,6 +49,7 @@ public:
     }
     void stop() override { log_.push_back("stop"); }
     void cont() override { log_.push_back("cont"); }
+    bool qemu_on_this_host() const override { return false; }
 
 private:
     bool running_;

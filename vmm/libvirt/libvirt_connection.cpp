@@ -37,6 +37,18 @@ std::string choose_libvirt_uri(const std::string& explicit_uri) {
     return "qemu:///system";
 }
 
+bool libvirt_uri_is_local(const std::string& uri) {
+    auto scheme_end = uri.find("://");
+    if (scheme_end == std::string::npos) return false;  // an alias or garbage: not provably local
+    std::string scheme = uri.substr(0, scheme_end);
+    if (auto plus = scheme.find('+'); plus != std::string::npos) {
+        std::string transport = scheme.substr(plus + 1);
+        if (transport != "unix") return false;
+    }
+    std::string rest = uri.substr(scheme_end + 3);
+    return !rest.empty() && rest.front() == '/';  // no authority: this host
+}
+
 std::string libvirt_error_text(const std::string& what) {
     virErrorPtr err = virGetLastError();
     if (!err || !err->message) return what;

@@ -16,6 +16,12 @@ namespace hvpatch {
 // `explicit_uri` if not empty, else $LIBVIRT_DEFAULT_URI, else qemu:///system.
 std::string choose_libvirt_uri(const std::string& explicit_uri);
 
+// Whether a libvirt URI reaches a daemon on this host: no host part
+// ("qemu:///system", "qemu+unix:///session?socket=..."). Any named host,
+// "localhost" too, counts as remote: hvpatch then cannot be sure the QEMU
+// process it would read is the domain's.
+bool libvirt_uri_is_local(const std::string& uri);
+
 // libvirt's last error on this thread as "what: libvirt's message", or
 // `what` alone when libvirt recorded none.
 std::string libvirt_error_text(const std::string& what);

@@ -5,9 +5,11 @@
 
 namespace hvpatch {
 
-std::unique_ptr<LibvirtMachine> LibvirtMachine::open(const std::string& name_or_uuid, const std::string& uri) {
+std::unique_ptr<LibvirtMachine> LibvirtMachine::open(const std::string& name_or_uuid, const std::string& uri,
+                                                     std::optional<MemoryAccessInfo::Path> memory_path) {
     auto domain = LibvirtDomain::lookup(LibvirtConnection::open(uri), name_or_uuid);
     QemuMachineOptions options;
+    options.memory_path = memory_path;
     // The live definition carries the label libvirt gave this QEMU process.
     options.gdb_socket_owner = dac_label_owner(domain->live_xml(), domain->describe());
     return std::unique_ptr<LibvirtMachine>(new LibvirtMachine(std::move(domain), std::move(options)));

@@ -15,7 +15,9 @@ namespace hvpatch {
 class LibvirtMachine final : public QemuMachine {
 public:
     // Looks up `name_or_uuid` on `uri` ("" = as virsh chooses) and opens it.
-    static std::unique_ptr<LibvirtMachine> open(const std::string& name_or_uuid, const std::string& uri);
+    // `memory_path` as QemuMachineOptions::memory_path.
+    static std::unique_ptr<LibvirtMachine> open(const std::string& name_or_uuid, const std::string& uri,
+                                                std::optional<MemoryAccessInfo::Path> memory_path = std::nullopt);
 
     MachineIdentity identity() override;
     VmRecordStore* record_store() override { return &records_; }

@@ -44,6 +44,8 @@ std::pair<int, int> LibvirtMonitor::libvirt_state() {
     return {state, reason};
 }
 
+bool LibvirtMonitor::qemu_on_this_host() const { return libvirt_uri_is_local(domain_->connection().uri()); }
+
 void LibvirtMonitor::paused_again_after_running() {
     const std::pair<int, int> user_paused{VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_USER};
     auto now = libvirt_state();

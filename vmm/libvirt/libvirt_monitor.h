@@ -26,6 +26,7 @@ public:
     // suspended again through libvirt, so virsh shows what the operator set.
     // The guest then runs a few more milliseconds, as it did for the guest calls.
     void paused_again_after_running() override;
+    bool qemu_on_this_host() const override;
 
 private:
     std::string send(const std::string& text, unsigned int flags, const std::string& what);

@@ -9,6 +9,7 @@
 
 #include "hvpatch/error.h"
 #include "vmm/interrupt.h"
+#include "vmm/qemu/qemu_process.h"
 #include "vmm/qemu/ram_layout.h"
 
 namespace hvpatch {
@@ -59,8 +60,10 @@ QemuMachine::QemuMachine(std::unique_ptr<QemuMonitor> monitor, std::string name,
     initial_status_ = status.value("status", "unknown");
     initially_running_ = status.value("running", false);
     running_ = initially_running_;
-    for (const auto& cpu : monitor_->execute("query-cpus-fast"))
+    for (const auto& cpu : monitor_->execute("query-cpus-fast")) {
         vcpu_indices_.push_back(cpu.value("cpu-index", -1));
+        vcpu_threads_.push_back(static_cast<pid_t>(cpu.value("thread-id", 0)));
+    }
     if (vcpu_indices_.empty()) throw Error(ErrorKind::Protocol, name_ + ": QEMU reports no vCPUs");
     discover_memory();
 }
@@ -99,15 +102,50 @@ void QemuMachine::discover_memory() {
     memory_.ranges = parse_ram_layout(monitor_->hmp("info mtree"), memory_.ram_size);
     memory_.path = MemoryAccessInfo::Path::GdbStub;
 
+    using Path = MemoryAccessInfo::Path;
+    if (auto chosen = options_.memory_path) {
+        try {
+            if (*chosen == Path::MappedFile) open_ram_file();
+            if (*chosen == Path::ProcessMemory) open_process_memory();
+        } catch (const Error& e) {
+            throw Error(e.kind(), std::string("reading guest memory by ") + memory_path_name(*chosen) +
+                                      " as asked: " + e.what());
+        }
+        memory_.path = *chosen;
+        return;
+    }
+    // The fastest path that works. A VM without a shared RAM file is the
+    // common case and needs no notice; a fall back to the stub does.
+    std::string file_problem;
+    try {
+        open_ram_file();
+        memory_.path = Path::MappedFile;
+        return;
+    } catch (const Error& e) {
+        if (!memory_.ram_file.empty()) file_problem = e.what();
+    }
+    try {
+        open_process_memory();
+        memory_.path = Path::ProcessMemory;
+        if (!file_problem.empty()) memory_.notice = file_problem + "; reading QEMU's process memory instead";
+        return;
+    } catch (const Error& e) {
+        memory_.notice = std::string(e.what()) +
+                         "; reading guest memory through QEMU's gdbstub instead (slower, and each read of "
+                         "a running guest pauses it briefly)";
+    }
+}
+
+void QemuMachine::open_ram_file() {
     // A memory-backend-file with share=on is the guest's RAM itself; any
-    // other backend (anonymous, private file) is reached through the stub.
+    // other backend (anonymous, private file) is not.
     std::string backend;
     try {
         backend = monitor_->execute("qom-get", {{"path", "/machine"}, {"property", "memory-backend"}}).get<std::string>();
     } catch (const Error&) {
-        return;  // older machine types: RAM is not a user-visible backend
+        backend.clear();  // older machine types: RAM is not a user-visible backend
     }
-    if (backend.empty()) return;
+    if (backend.empty()) throw Error(ErrorKind::Unreachable, name_ + ": guest RAM is not a memory backend object");
     std::string path = backend.front() == '/' ? backend : "/objects/" + backend;
     std::string mem_path;
     bool shared = false;
@@ -115,19 +153,39 @@ void QemuMachine::discover_memory() {
         mem_path = monitor_->execute("qom-get", {{"path", path}, {"property", "mem-path"}}).get<std::string>();
         shared = monitor_->execute("qom-get", {{"path", path}, {"property", "share"}}).get<bool>();
     } catch (const Error&) {
-        return;  // not a file backend
+        throw Error(ErrorKind::Unreachable, name_ + ": guest RAM (" + backend + ") is not a file");
     }
     if (!shared) {
         memory_.ram_file = mem_path + " (private mapping: not used)";
-        return;
+        throw Error(ErrorKind::Unreachable, name_ + ": the guest RAM file " + mem_path +
+                                                " is mapped privately by QEMU (share=off): it does not hold the "
+                                                "guest's memory");
     }
     try {
         ram_ = std::make_unique<RamFile>(mem_path, memory_.ram_size);
-        memory_.path = MemoryAccessInfo::Path::MappedFile;
         memory_.ram_file = mem_path;
     } catch (const Error& e) {
         memory_.ram_file = mem_path + " (" + e.what() + ")";
+        throw Error(e.kind(), name_ + ": " + e.what());
     }
+}
+
+void QemuMachine::open_process_memory() {
+    if (!monitor_->qemu_on_this_host())
+        throw Error(ErrorKind::Unreachable, name_ + ": QEMU runs on another host: its memory cannot be read here");
+    QemuProcessClues clues;
+    clues.socket_peer = monitor_->qemu_process_hint();
+    clues.vcpu_threads = vcpu_threads_;
+    clues.uuid = monitor_->execute("query-uuid").value("UUID", "");
+    pid_t pid = find_qemu_process(clues, name_);
+    auto hosts = ram_host_addresses(*monitor_, memory_.ranges, name_);
+    auto process = std::make_unique<ProcessMemory>(pid, name_);
+    for (std::uint64_t host : hosts)
+        if (std::string why = process->probe(host); !why.empty())
+            throw Error(ErrorKind::Unreachable, name_ + ": reading QEMU process " + std::to_string(pid) + ": " + why);
+    process_ = std::move(process);
+    ram_host_addresses_ = std::move(hosts);
+    memory_.qemu_pid = pid;
 }
 
 std::string QemuMachine::accelerator() {
@@ -284,11 +342,13 @@ void QemuMachine::write_registers(int vcpu, const VcpuRegisters& regs) {
         gdb_->write_register_hex(regnum, value);
 }
 
-void QemuMachine::check_ram_range(GuestPhysAddr addr, std::uint64_t len, const char* what) const {
-    if (!ram_offset_of(memory_.ranges, addr, len))
+std::vector<RamPiece> QemuMachine::ram_pieces(GuestPhysAddr addr, std::uint64_t len, const char* what) const {
+    auto pieces = split_ram_access(memory_.ranges, addr, len);
+    if (!pieces)
         throw Error(ErrorKind::Guest, name_ + ": " + what + " " + std::to_string(len) + " bytes at physical " +
                                           hex(addr.value) + ": not guest RAM (RAM is " +
                                           std::to_string(memory_.ram_size >> 20) + " MiB)");
+    return *pieces;
 }
 
 void QemuMachine::use_physical_addresses(bool physical) {
@@ -299,18 +359,36 @@ void QemuMachine::use_physical_addresses(bool physical) {
 }
 
 void QemuMachine::read_physical(GuestPhysAddr addr, std::span<std::byte> out) {
-    check_ram_range(addr, out.size(), "reading");
-    if (ram_) {
-        ram_->read(*ram_offset_of(memory_.ranges, addr, out.size()), out);
-        return;
+    auto pieces = ram_pieces(addr, out.size(), "reading");
+    switch (memory_.path) {
+        case MemoryAccessInfo::Path::MappedFile:
+            for (const auto& p : pieces)
+                ram_->read(memory_.ranges[p.range].ram_offset + p.offset_in_range,
+                           out.subspan(p.buffer_offset, p.length));
+            return;
+        case MemoryAccessInfo::Path::ProcessMemory:
+            for (const auto& p : pieces)
+                process_->read(ram_host_addresses_[p.range] + p.offset_in_range, out.subspan(p.buffer_offset, p.length));
+            return;
+        case MemoryAccessInfo::Path::GdbStub:
+            read_through_gdbstub(addr, out);
+            return;
     }
-    require_paused("reading guest memory through the gdbstub");
+}
+
+void QemuMachine::read_through_gdbstub(GuestPhysAddr addr, std::span<std::byte> out) {
+    // The stub answers only while the VM is stopped: a read of a running
+    // VM stops it for as long as the read takes, as a shared file or the
+    // process's memory would let it run.
+    bool was_running = running_;
+    pause();
     use_physical_addresses(true);
     gdb_->read_memory(addr.value, out);
+    if (was_running) resume();
 }
 
 void QemuMachine::write_physical(GuestPhysAddr addr, std::span<const std::byte> data) {
-    check_ram_range(addr, data.size(), "writing");
+    ram_pieces(addr, data.size(), "writing");
     require_paused("writing guest memory");
     // Through the stub even when RAM is mapped: QEMU then drops any TCG
     // translation of the bytes, which a write to the file would not do.

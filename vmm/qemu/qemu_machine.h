@@ -4,9 +4,11 @@
 //
 // Control and identity go through the monitor (QMP); registers, breakpoints
 // and memory writes through QEMU's gdbstub, which hvpatch starts on a private UNIX
-// socket when it first needs it (HMP `gdbserver`) and removes again; guest
-// RAM is read from the shared RAM file when the memory backend is a
-// `memory-backend-file` with share=on, else through the stub.
+// socket when it first needs it (HMP `gdbserver`) and removes again. Guest
+// RAM is read, fastest first: from the shared RAM file when the memory
+// backend is a `memory-backend-file` with share=on; else out of the QEMU
+// process (same host, `gpa2hva`, process_vm_readv); else through the stub,
+// pausing a running VM for each read. The options can name one path instead.
 //
 // Run control: while no gdb client is attached, pause/resume are the
 // monitor's stop/cont. Once attached, they go through the stub (0x03 / `c`), because
@@ -26,7 +28,9 @@
 #include "vmm/qemu/gdb_client.h"
 #include "vmm/qemu/gdb_registers.h"
 #include "vmm/qemu/qemu_monitor.h"
+#include "vmm/qemu/process_memory.h"
 #include "vmm/qemu/ram_file.h"
+#include "vmm/qemu/ram_layout.h"
 
 namespace hvpatch {
 
@@ -35,6 +39,9 @@ struct QemuMachineOptions {
     // runs as another user than hvpatch (libvirt's DAC label); unset: root
     // only.
     std::optional<std::pair<uid_t, gid_t>> gdb_socket_owner;
+    // The one way to read guest RAM (an error if it cannot be used), or
+    // nullopt: the fastest that works.
+    std::optional<MemoryAccessInfo::Path> memory_path;
 };
 
 class QemuMachine : public Machine {
@@ -67,13 +74,18 @@ public:
 
 private:
     void discover_memory();
+    // Each sets up one way of reading guest RAM or throws Error saying why
+    // it cannot be used.
+    void open_ram_file();
+    void open_process_memory();
+    void read_through_gdbstub(GuestPhysAddr addr, std::span<std::byte> out);
     GdbClient& gdb();
     void attach_gdb();
     void release_gdb();
     void require_paused(const std::string& what) const;
     void select_vcpu(int vcpu);
     void use_physical_addresses(bool physical);
-    void check_ram_range(GuestPhysAddr addr, std::uint64_t len, const char* what) const;
+    std::vector<RamPiece> ram_pieces(GuestPhysAddr addr, std::uint64_t len, const char* what) const;
     int vcpu_of_thread(const std::string& thread) const;
 
     std::unique_ptr<QemuMonitor> monitor_;
@@ -86,7 +98,10 @@ private:
 
     MemoryAccessInfo memory_;
     std::unique_ptr<RamFile> ram_;
+    std::unique_ptr<ProcessMemory> process_;
+    std::vector<std::uint64_t> ram_host_addresses_;  // per RAM range, in QEMU's process
     std::vector<int> vcpu_indices_;
+    std::vector<pid_t> vcpu_threads_;  // host thread ids, as query-cpus-fast reports them
 
     std::unique_ptr<GdbClient> gdb_;
     std::optional<GdbRegisterMap> registers_;

@@ -3,6 +3,9 @@
 // pass-through of monitor commands to a domain it manages (LibvirtMonitor).
 #pragma once
 
+#include <sys/types.h>
+
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -29,6 +32,14 @@ public:
     // paused (libvirt: "paused (user)") learned of that stop only as a QEMU
     // event; this is its chance to put its record back as it was.
     virtual void paused_again_after_running() {}
+    // Whether the QEMU behind this monitor runs on this host, so that its
+    // process can be read directly (a UNIX socket: yes; libvirt: when the
+    // connection URI names no remote host).
+    virtual bool qemu_on_this_host() const = 0;
+    // The QEMU process, when the monitor's transport tells it (the peer of
+    // a UNIX socket); nullopt otherwise. Only a hint: QemuMachine checks it
+    // against the vCPU threads QEMU reports.
+    virtual std::optional<pid_t> qemu_process_hint() const { return std::nullopt; }
 };
 
 }  // namespace hvpatch

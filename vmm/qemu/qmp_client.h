@@ -50,6 +50,8 @@ public:
     std::deque<nlohmann::json> take_events();
 
     const std::string& peer() const { return socket_.peer(); }
+    // The QEMU process at the other end of the socket, when it is local and visible.
+    std::optional<pid_t> peer_process() const { return socket_.peer_process(); }
 
 private:
     // Reads the next complete JSON object from the socket.

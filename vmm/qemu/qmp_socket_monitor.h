@@ -15,6 +15,8 @@ public:
     std::string hmp(const std::string& command_line) override { return qmp_.hmp(command_line); }
     void stop() override { qmp_.execute("stop"); }
     void cont() override { qmp_.execute("cont"); }
+    bool qemu_on_this_host() const override { return true; }
+    std::optional<pid_t> qemu_process_hint() const override { return qmp_.peer_process(); }
 
 private:
     QmpClient qmp_;

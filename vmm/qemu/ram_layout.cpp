@@ -1,6 +1,7 @@
 #include "vmm/qemu/ram_layout.h"
 
 #include <cinttypes>
+#include <algorithm>
 #include <cstdio>
 #include <sstream>
 
@@ -61,6 +62,31 @@ std::optional<std::uint64_t> ram_offset_of(const std::vector<MemoryAccessInfo::R
         return r.ram_offset + rel;
     }
     return std::nullopt;
+}
+
+std::optional<std::vector<RamPiece>> split_ram_access(const std::vector<MemoryAccessInfo::Range>& ranges,
+                                                      GuestPhysAddr addr, std::uint64_t len) {
+    std::vector<RamPiece> pieces;
+    std::uint64_t done = 0;
+    // Each step consumes at least one byte or fails, and there are at most
+    // as many steps as ranges: a range cannot be entered twice.
+    while (done < len) {
+        std::uint64_t at = addr.value + done;
+        if (at < addr.value) return std::nullopt;  // wrapped past 2^64
+        bool found = false;
+        for (std::size_t i = 0; i < ranges.size(); ++i) {
+            const auto& r = ranges[i];
+            if (at < r.start.value || at - r.start.value >= r.size) continue;
+            std::uint64_t rel = at - r.start.value;
+            std::uint64_t n = std::min(len - done, r.size - rel);
+            pieces.push_back({i, rel, n, done});
+            done += n;
+            found = true;
+            break;
+        }
+        if (!found || pieces.size() > ranges.size()) return std::nullopt;
+    }
+    return pieces;
 }
 
 }  // namespace hvpatch

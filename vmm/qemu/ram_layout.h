@@ -28,4 +28,19 @@ std::vector<MemoryAccessInfo::Range> parse_ram_layout(const std::string& mtree_t
 std::optional<std::uint64_t> ram_offset_of(const std::vector<MemoryAccessInfo::Range>& ranges,
                                            GuestPhysAddr addr, std::uint64_t len);
 
+// One piece of a guest-physical access that lies inside one RAM range.
+struct RamPiece {
+    std::size_t range = 0;          // index into the ranges
+    std::uint64_t offset_in_range = 0;
+    std::uint64_t length = 0;
+    std::uint64_t buffer_offset = 0;  // where the piece starts in the caller's buffer
+};
+
+// Splits [addr, addr+len) into pieces, one per RAM range it touches, in
+// address order. nullopt when any byte of it is not RAM (a hole between
+// ranges, or past the end). A range crossing from one RAM range into an
+// adjacent one is split there. len 0 gives no pieces.
+std::optional<std::vector<RamPiece>> split_ram_access(const std::vector<MemoryAccessInfo::Range>& ranges,
+                                                      GuestPhysAddr addr, std::uint64_t len);
+
 }  // namespace hvpatch
