@@ -22,18 +22,45 @@ TEST(RamLayoutTest, Q35With3GiBSplitsAt2GiBAndContinuesAt4GiB) {
     EXPECT_EQ(ranges[1].start.value, 4ULL << 30);
     EXPECT_EQ(ranges[1].size, 1ULL << 30);
     EXPECT_EQ(ranges[1].ram_offset, 2ULL << 30);
-    EXPECT_EQ(ram_offset_of(ranges, GuestPhysAddr{(4ULL << 30) + 0x1000}, 16), (2ULL << 30) + 0x1000);
-    EXPECT_FALSE(ram_offset_of(ranges, GuestPhysAddr{3ULL << 30}, 1)) << "the PCI hole is not RAM";
-    EXPECT_FALSE(ram_offset_of(ranges, GuestPhysAddr{(2ULL << 30) - 8}, 16)) << "a read may not cross the split";
-    EXPECT_FALSE(ram_offset_of(ranges, GuestPhysAddr{5ULL << 30}, 1)) << "past the end of RAM";
+    auto above = split_ram_access(ranges, GuestPhysAddr{(4ULL << 30) + 0x1000}, 16);
+    ASSERT_TRUE(above);
+    ASSERT_EQ(above->size(), 1u);
+    EXPECT_EQ((*above)[0].range, 1u);
+    EXPECT_EQ(ranges[1].ram_offset + (*above)[0].offset_in_range, (2ULL << 30) + 0x1000);
+    EXPECT_FALSE(split_ram_access(ranges, GuestPhysAddr{3ULL << 30}, 1)) << "the PCI hole is not RAM";
+    EXPECT_FALSE(split_ram_access(ranges, GuestPhysAddr{(2ULL << 30) - 8}, 16))
+        << "a read that runs from RAM into the PCI hole";
+    EXPECT_FALSE(split_ram_access(ranges, GuestPhysAddr{5ULL << 30}, 1)) << "past the end of RAM";
 }
 
 TEST(RamLayoutTest, WithoutAliasesRamIsOneRange) {
     auto ranges = parse_ram_layout("address-space: memory\n  0000-ffff (prio 0, i/o): io\n", 4096);
     ASSERT_EQ(ranges.size(), 1u);
     EXPECT_EQ(ranges[0].size, 4096u);
-    EXPECT_FALSE(ram_offset_of(ranges, GuestPhysAddr{4090}, 8));
-    EXPECT_FALSE(ram_offset_of(ranges, GuestPhysAddr{~0ULL}, 2)) << "no wrap-around";
+    EXPECT_FALSE(split_ram_access(ranges, GuestPhysAddr{4090}, 8));
+    EXPECT_FALSE(split_ram_access(ranges, GuestPhysAddr{~0ULL}, 2)) << "no wrap-around";
+    auto empty = split_ram_access(ranges, GuestPhysAddr{4096}, 0);
+    ASSERT_TRUE(empty);
+    EXPECT_TRUE(empty->empty());
+}
+
+// Guest-physical ranges that touch (memory hot-plugged right after boot
+// RAM, say) are read across the seam, each piece from its own range.
+TEST(RamLayoutTest, AnAccessAcrossAdjacentRangesIsSplitAtTheSeam) {
+    std::vector<MemoryAccessInfo::Range> ranges = {{GuestPhysAddr{0}, 0x10000, 0},
+                                                   {GuestPhysAddr{0x10000}, 0x10000, 0x40000}};
+    auto pieces = split_ram_access(ranges, GuestPhysAddr{0xfff0}, 0x20);
+    ASSERT_TRUE(pieces);
+    ASSERT_EQ(pieces->size(), 2u);
+    EXPECT_EQ((*pieces)[0].range, 0u);
+    EXPECT_EQ((*pieces)[0].offset_in_range, 0xfff0u);
+    EXPECT_EQ((*pieces)[0].length, 0x10u);
+    EXPECT_EQ((*pieces)[0].buffer_offset, 0u);
+    EXPECT_EQ((*pieces)[1].range, 1u);
+    EXPECT_EQ((*pieces)[1].offset_in_range, 0u);
+    EXPECT_EQ((*pieces)[1].length, 0x10u);
+    EXPECT_EQ((*pieces)[1].buffer_offset, 0x10u);
+    EXPECT_FALSE(split_ram_access(ranges, GuestPhysAddr{0x1fff0}, 0x20)) << "runs past the second range";
 }
 
 TEST(RamLayoutTest, AliasBeyondTheRamBlockIsRefused) {

@@ -53,17 +53,6 @@ std::vector<MemoryAccessInfo::Range> parse_ram_layout(const std::string& mtree_t
     return ranges;
 }
 
-std::optional<std::uint64_t> ram_offset_of(const std::vector<MemoryAccessInfo::Range>& ranges,
-                                           GuestPhysAddr addr, std::uint64_t len) {
-    for (const auto& r : ranges) {
-        if (addr.value < r.start.value) continue;
-        std::uint64_t rel = addr.value - r.start.value;
-        if (rel >= r.size || len > r.size - rel) continue;
-        return r.ram_offset + rel;
-    }
-    return std::nullopt;
-}
-
 std::optional<std::vector<RamPiece>> split_ram_access(const std::vector<MemoryAccessInfo::Range>& ranges,
                                                       GuestPhysAddr addr, std::uint64_t len) {
     std::vector<RamPiece> pieces;

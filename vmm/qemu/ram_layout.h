@@ -23,11 +23,6 @@ namespace hvpatch {
 std::vector<MemoryAccessInfo::Range> parse_ram_layout(const std::string& mtree_text,
                                                       std::uint64_t ram_size);
 
-// The RAM-block offset of [addr, addr+len), if the whole range lies in one
-// RAM range.
-std::optional<std::uint64_t> ram_offset_of(const std::vector<MemoryAccessInfo::Range>& ranges,
-                                           GuestPhysAddr addr, std::uint64_t len);
-
 // One piece of a guest-physical access that lies inside one RAM range.
 struct RamPiece {
     std::size_t range = 0;          // index into the ranges
