@@ -121,6 +121,8 @@ public:
     RunState run_state() override { return inner_.run_state(); }
     void pause() override { inner_.pause(); }
     void resume() override { inner_.resume(); }
+    StopStats stop_stats() const override { return inner_.stop_stats(); }
+    void reset_stop_stats() override { inner_.reset_stop_stats(); }
     std::vector<int> vcpus() override { return inner_.vcpus(); }
     VcpuRegisters read_registers(int vcpu) override {
         ++counts_.registers;

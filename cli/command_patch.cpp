@@ -161,9 +161,10 @@ void print_operation(const OperationReport& r, bool json) {
         std::printf("%s\n", r.to_json().dump(2).c_str());
         return;
     }
-    std::printf("%s %s: %s in %s (%d passes, %d freezes, guest paused %s in total, longest %s)\n",
+    std::printf("%s %s: %s in %s (%d passes, %d freezes, guest paused %s in total in %d stops, longest %s)\n",
                 r.operation.c_str(), r.patch_name.c_str(), r.outcome.c_str(), milliseconds(r.total_time).c_str(),
-                r.passes, r.freezes, milliseconds(r.paused_total).c_str(), milliseconds(r.paused_max).c_str());
+                r.passes, r.freezes, milliseconds(r.paused_total).c_str(), r.stops,
+                milliseconds(r.paused_max).c_str());
     for (const auto& f : r.functions)
         std::printf("  %s at %s -> %s at %s\n", f.name.c_str(), hex(f.entry).c_str(), f.new_symbol.c_str(),
                     hex(f.new_address).c_str());

@@ -100,9 +100,9 @@ struct Patcher::Session {
     std::string boot_id;
     VmState state;
     std::optional<VmState> stale;  // a record from an earlier boot
+    // Consistent-view steps; what the guest saw of them, and of everything
+    // else that stopped it, is the machine's StopStats.
     int freezes = 0;
-    std::chrono::nanoseconds paused_total{0}, paused_max{0};
-    Clock::time_point paused_since{};
     bool frozen = false;
     bool was_running = false;  // the run state the VM is left in at the end
     // The lock description of an earlier operation that never finished
@@ -111,6 +111,7 @@ struct Patcher::Session {
 
     Session(Machine& m, PatchOptions& o, std::string_view operation, bool take_lock) : machine(m), options(o) {
         id = machine.identity();
+        machine.reset_stop_stats();
         state_dir = options.state_dir.empty() ? default_state_dir() : options.state_dir;
         make_private_directories(state_dir);
         was_running = machine.run_state() == RunState::Running;
@@ -191,16 +192,12 @@ struct Patcher::Session {
         machine.pause();
         frozen = true;
         ++freezes;
-        paused_since = Clock::now();
         if (kernel) kernel->memory().clear_cache();
     }
     // Guest calls and transitions need the guest to run, also one an
     // operator had paused: it is paused again when the session ends.
     void thaw() {
         if (!frozen) return;
-        auto d = Clock::now() - paused_since;
-        paused_total += d;
-        paused_max = std::max<std::chrono::nanoseconds>(paused_max, d);
         frozen = false;
         machine.resume();
     }
@@ -208,10 +205,6 @@ struct Patcher::Session {
     GuestCaller& call() {
         freeze();
         if (!caller) caller = std::make_unique<GuestCaller>(*kernel);
-        // The call runs the guest: the pause so far ends here.
-        auto d = Clock::now() - paused_since;
-        paused_total += d;
-        paused_max = std::max<std::chrono::nanoseconds>(paused_max, d);
         return *caller;
     }
     // The caller leaves the guest paused again after its call(s).
@@ -219,7 +212,6 @@ struct Patcher::Session {
         // The call ran the guest: what was read before is stale.
         kernel->memory().clear_cache();
         ++freezes;
-        paused_since = Clock::now();
         // The caller leaves the guest paused; every step that needs a
         // consistent view freezes again itself.
         if (was_running) thaw();
@@ -257,7 +249,11 @@ struct Patcher::Session {
     }
     void audit(json record) {
         // Integers only: the audit chain hashes a canonical text, which floats would make fragile.
-        record["pauses"] = {{"freezes", freezes}, {"total_us", us(paused_total)}, {"max_us", us(paused_max)}};
+        StopStats stops = machine.stop_stats();
+        record["pauses"] = {{"freezes", freezes},
+                            {"stops", stops.stops},
+                            {"total_us", us(stops.total)},
+                            {"max_us", us(stops.longest)}};
         std::string path = options.audit_log.empty() ? default_audit_log_path() : options.audit_log;
         json stored = AuditLog(path).append(std::move(record));
         if (options.audit_syslog) send_audit_to_syslog(stored, path);
@@ -594,9 +590,11 @@ void audit_failure(Patcher::Session& s, json& record, const char* outcome, const
 
 // The figures of a finished apply or revert, into its report and its audit record.
 void audit_success(Patcher::Session& s, OperationReport& report, json& record, Clock::time_point t0) {
+    StopStats stops = s.machine.stop_stats();
     report.freezes = s.freezes;
-    report.paused_total = s.paused_total;
-    report.paused_max = s.paused_max;
+    report.stops = stops.stops;
+    report.paused_total = stops.total;
+    report.paused_max = stops.longest;
     report.total_time = Clock::now() - t0;
     record["outcome"] = report.outcome;
     record["functions"] = functions_json(report.functions);
@@ -1061,6 +1059,7 @@ nlohmann::json OperationReport::to_json() const {
             {"memory", {{"base", hex(base)}, {"size", size}}},
             {"passes", passes},
             {"freezes", freezes},
+            {"stops", stops},
             {"paused_total_ms", ms(paused_total)},
             {"paused_max_ms", ms(paused_max)},
             {"transition_ms", ms(transition_time)},

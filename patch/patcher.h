@@ -91,7 +91,10 @@ struct OperationReport {
     std::string patch_name, sha256;
     std::string outcome;    // applied / reverted / rolled-back / forced
     std::vector<RedirectedFunction> functions;
-    int passes = 0, freezes = 0;
+    // freezes: consistent-view steps; stops, paused_total, paused_max: every
+    // time the guest was stopped (Machine::stop_stats), more than the
+    // freezes when guest memory is read through the gdbstub.
+    int passes = 0, freezes = 0, stops = 0;
     std::chrono::nanoseconds paused_total{0}, paused_max{0};
     std::chrono::nanoseconds transition_time{0}, total_time{0};
     std::vector<TransitionBlocker> forced;  // tasks switched by --force

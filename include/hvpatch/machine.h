@@ -71,6 +71,16 @@ struct BreakpointHit {
 
 enum class RunState { Running, Paused };
 
+// How often and how long a Machine has had the VM stopped: every interval
+// from stopping a running VM to letting it run again, whatever the reason
+// (a freeze, a breakpoint hit, a gdbstub read of a running VM). A stop still
+// in progress counts up to now. A VM found paused is not stopped by
+// hvpatch until hvpatch has let it run.
+struct StopStats {
+    int stops = 0;
+    std::chrono::nanoseconds total{0}, longest{0};
+};
+
 // Who the VM is, as its VMM names it. State kept outside the guest is keyed
 // by `key()`: the UUID when the VMM has a real one, else the target name.
 struct MachineIdentity {
@@ -127,6 +137,9 @@ public:
     // that learns the VM was found paused by someone who can no longer
     // resume it (an hvpatch killed while it had the guest paused).
     virtual void set_run_state_on_close(RunState state) { (void)state; }
+    // What the guest saw of hvpatch since the last reset: StopStats.
+    virtual StopStats stop_stats() const = 0;
+    virtual void reset_stop_stats() = 0;
 
     // vCPU indices, 0-based, in QEMU's cpu-index order.
     virtual std::vector<int> vcpus() = 0;

@@ -5,9 +5,10 @@
 // No kernel is needed for any of this: the VMs are bare QEMUs (q35, 256 MiB,
 // no disk), which start in a fraction of a second. Without -S they run (in
 // SeaBIOS, which finds nothing to boot and waits), which is all a "running
-// VM" has to do here. Their RAM is anonymous, so hvpatch reads it through the
-// gdbstub at some tens of MiB/s: a 200 MiB read takes seconds, long enough to
-// be interrupted or to lose its QEMU half-way.
+// VM" has to do here. Their RAM is anonymous: hvpatch reads it out of the
+// QEMU process, or, where a test asks for it, through the gdbstub at some
+// tens of MiB/s: a 200 MiB read takes seconds, long enough to be
+// interrupted or to lose its QEMU half-way.
 //
 // QEMU's QMP socket serves one client at a time, so the tests talk to it
 // with short connections (connect, one command, close) and never while
@@ -244,10 +245,11 @@ CommandResult hvpatch(const std::vector<std::string>& args, std::chrono::millise
     return run_command(argv, timeout);
 }
 
-// `hvpatch read` of 200 MiB through the gdbstub: ~5 s of work on a bare
-// QEMU here (~40 MiB/s), so it is still reading when the test acts.
+// `hvpatch read` of 200 MiB through the gdbstub (asked for: the process's
+// memory would be read in a blink): ~5 s of work on a bare QEMU here
+// (~40 MiB/s), so it is still reading when the test acts.
 std::vector<std::string> slow_read_argv(const std::string& target) {
-    return {hvpatch_binary(), "read", target, "--phys", "0", "200m", "--out", "/dev/null"};
+    return {hvpatch_binary(), "--memory-path", "gdbstub", "read", target, "--phys", "0", "200m", "--out", "/dev/null"};
 }
 
 // Sockets the process holds (QMP, then the gdbstub).
@@ -540,6 +542,83 @@ TEST(QemuExits, CliExitsPromptlyNamingTheTarget) {
     EXPECT_LT(took, 3.0) << r.describe();
     EXPECT_TRUE(contains(r.err, "hvpatch: error: " + vm.target())) << r.describe();
     EXPECT_TRUE(contains(r.err, "reading")) << r.describe();  // says what it was doing
+}
+
+// Reading the QEMU process's memory: QEMU killed while reads are in flight
+// (a reader loops over all of RAM while QEMU is killed) is an error saying
+// QEMU exited, never a crash or bytes of another process.
+TEST(QemuExits, ProcessMemoryReadsFailCleanlyWhenQemuIsKilledMidRead) {
+    BareQemu vm({.start_paused = false});
+    auto machine = open_machine(vm.target());
+    ASSERT_EQ(machine->memory_access().path, MemoryAccessInfo::Path::ProcessMemory);
+    ASSERT_EQ(machine->memory_access().qemu_pid, vm.pid());
+
+    std::atomic<int> reads{0};
+    std::optional<Error> failure;
+    std::thread reader([&] {
+        std::vector<std::byte> buf(64u << 20);
+        try {
+            for (int i = 0; i < 100000; ++i) {
+                machine->read_physical(GuestPhysAddr{(static_cast<std::uint64_t>(i) % 4) * buf.size()}, buf);
+                ++reads;
+            }
+        } catch (const Error& e) {
+            failure = e;
+        }
+    });
+    while (reads < 3) std::this_thread::sleep_for(1ms);
+    vm.kill_now();
+    reader.join();
+    std::printf("[ measured ] %d reads of 64 MiB out of the QEMU process before it was killed\n", reads.load());
+    ASSERT_TRUE(failure.has_value()) << "reads went on after QEMU was killed";
+    EXPECT_EQ(failure->kind(), ErrorKind::Unreachable) << failure->what();
+    EXPECT_TRUE(contains(failure->what(), "exited")) << failure->what();
+    EXPECT_TRUE(contains(failure->what(), vm.target())) << failure->what();
+    auto start = Clock::now();
+    machine.reset();
+    EXPECT_LT(seconds_since(start), 5.0);
+}
+
+// === 4b. The kernel forbids reading QEMU's memory ===========================
+
+// hvpatch without CAP_SYS_PTRACE (dropped from its bounding set, so root's
+// exec does not get it back) may not read a root QEMU's memory: it says so
+// once and reads through the gdbstub instead, with the same results.
+std::vector<std::string> without_ptrace(std::vector<std::string> hvpatch_args) {
+    std::vector<std::string> argv{"setpriv", "--bounding-set=-sys_ptrace", hvpatch_binary()};
+    argv.insert(argv.end(), hvpatch_args.begin(), hvpatch_args.end());
+    return argv;
+}
+
+TEST(PtraceForbidden, FallsBackToTheStubWithANotice) {
+    BareQemu vm({.start_paused = false});
+    auto fast = hvpatch({"read", vm.target(), "--phys", "0xffff0", "16", "--json"});
+    ASSERT_EQ(fast.exit_code, 0) << fast.describe();
+    EXPECT_FALSE(contains(fast.err, "notice")) << fast.describe();
+
+    vm.execute("stop");  // the BIOS area must not change between the reads
+    auto slow = run_command(without_ptrace({"read", vm.target(), "--phys", "0xffff0", "16", "--json"}), 30s);
+    auto fast_again = hvpatch({"read", vm.target(), "--phys", "0xffff0", "16", "--json"});
+    vm.execute("cont");
+    ASSERT_EQ(slow.exit_code, 0) << slow.describe();
+    EXPECT_TRUE(contains(slow.err, "hvpatch: notice: " + vm.target())) << slow.describe();
+    EXPECT_TRUE(contains(slow.err, "CAP_SYS_PTRACE")) << slow.describe();
+    EXPECT_TRUE(contains(slow.err, "gdbstub instead")) << slow.describe();
+    auto a = nlohmann::json::parse(slow.out, nullptr, false), b = nlohmann::json::parse(fast_again.out, nullptr, false);
+    ASSERT_TRUE(a.is_object() && b.is_object()) << slow.describe() << fast_again.describe();
+    EXPECT_EQ(a["hex"], b["hex"]) << "the stub and the process's memory disagree";
+
+    // Running again afterwards, its stub gone.
+    EXPECT_EQ(vm.status(), "running");
+    EXPECT_FALSE(vm.chardev("gdb").has_value()) << vm.chardevs();
+
+    // Asked for by name, the refused path is an error, not a fall back.
+    auto asked = run_command(without_ptrace({"--memory-path", "process-memory", "read", vm.target(), "--phys",
+                                             "0xffff0", "16"}), 30s);
+    EXPECT_EQ(asked.exit_code, 3) << asked.describe();
+    EXPECT_TRUE(contains(asked.err, "process-memory as asked")) << asked.describe();
+    EXPECT_TRUE(contains(asked.err, "CAP_SYS_PTRACE")) << asked.describe();
+    EXPECT_EQ(vm.status(), "running");
 }
 
 // === 5. The gdbstub is held by another client ================================

@@ -1,6 +1,7 @@
 // hvpatch fleet over libvirt domains, mixed with a qmp: target: two
 // transient domains of the test guest (default kernel, named
-// hvpt-fleet-<pid>-a/-b, one given by name and one by UUID, on -c URI) and a
+// hvpt-fleet-<pid>-a/-b, one given by name and one by UUID, on -c URI; a
+// with a shared RAM file, b with plain RAM as virt-install makes it) and a
 // QEMU-launched guest with the cloud kernel, for which the sample patch does
 // not fit, and a defined domain that is shut off. Checked from inside each
 // guest (cat /proc/cmdline), in the fleet's report and exit code: apply =
@@ -14,12 +15,15 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "patch/audit_log.h"
 #include "support/example_patches.h"
 #include "support/run_command.h"
 #include "support/test_domain.h"
@@ -42,7 +46,10 @@ protected:
         d.vcpus = 1;
         d.name = test_domain_name("fleet", "a");
         a_ = TestDomain::boot(d).release();
+        // b as virt-install makes a domain: no <memoryBacking>, its RAM
+        // read out of the QEMU process.
         d.name = test_domain_name("fleet", "b");
+        d.shared_ram = false;
         b_ = TestDomain::boot(d).release();
         TestGuestOptions cloud;
         cloud.vcpus = 1;
@@ -151,6 +158,14 @@ TEST_F(FleetLibvirtTest, DomainsByNameAndUuidBesideAQmpTarget) {
     EXPECT_EQ(outcome(back, c_->target()), "not-applied") << back.dump(2);
     EXPECT_EQ(a_->run_ok(oracle), original_a);
     EXPECT_EQ(b_->run_ok(oracle), original_b);
+
+    // Each child read its domain the fastest way that domain allows.
+    std::map<std::string, std::set<std::string>> paths;
+    for (const auto& rec : read_audit_log(*dir_ + "/audit.jsonl"))
+        if (rec.contains("vm") && rec.contains("memory_path"))
+            paths[rec["vm"].value("name", "")].insert(rec["memory_path"].get<std::string>());
+    EXPECT_EQ(paths[a_->name()], std::set<std::string>{"mapped-file"});
+    EXPECT_EQ(paths[b_->name()], std::set<std::string>{"process-memory"});
 }
 
 TEST_F(FleetLibvirtTest, AllRunningTakesEveryActiveDomainOfTheConnection) {

@@ -1,6 +1,7 @@
 // `hvpatch inspect` and `hvpatch read` agree byte for byte and register for
 // register with QEMU's own monitor on a paused real guest, with and without
-// a shared RAM file and with 5-level paging (-cpu max); and `read --virt`
+// a shared RAM file (then read out of the QEMU process) and with 5-level
+// paging (-cpu max); and `read --virt`
 // finds what the guest itself says is at a kernel symbol.
 #include <gtest/gtest.h>
 
@@ -18,16 +19,18 @@ using namespace std::chrono_literals;
 
 struct SharedRam {
     static TestGuestOptions options() { return {}; }
-    static constexpr bool kMapped = true;
+    static constexpr const char* kPath = "mapped-file";
+    static constexpr const char* kPathText = "mapped RAM file";
     static constexpr bool kFiveLevel = false;
 };
-struct StubMemory {
+struct PlainRam {
     static TestGuestOptions options() {
         TestGuestOptions o;
         o.shared_ram = false;
         return o;
     }
-    static constexpr bool kMapped = false;
+    static constexpr const char* kPath = "process-memory";
+    static constexpr const char* kPathText = "the memory of QEMU process";
     static constexpr bool kFiveLevel = false;
 };
 struct FiveLevelPaging {
@@ -36,7 +39,8 @@ struct FiveLevelPaging {
         o.cpu_model = "max";
         return o;
     }
-    static constexpr bool kMapped = true;
+    static constexpr const char* kPath = "mapped-file";
+    static constexpr const char* kPathText = "mapped RAM file";
     static constexpr bool kFiveLevel = true;
 };
 
@@ -83,7 +87,7 @@ protected:
 template <typename Config>
 TestGuest* InspectReadTest<Config>::guest_ = nullptr;
 
-using Configs = ::testing::Types<SharedRam, StubMemory, FiveLevelPaging>;
+using Configs = ::testing::Types<SharedRam, PlainRam, FiveLevelPaging>;
 TYPED_TEST_SUITE(InspectReadTest, Configs);
 
 TYPED_TEST(InspectReadTest, RegistersMatchInfoRegistersOnAPausedGuest) {
@@ -98,7 +102,7 @@ TYPED_TEST(InspectReadTest, RegistersMatchInfoRegistersOnAPausedGuest) {
     }
 
     EXPECT_EQ(doc["run_state"], "paused");
-    EXPECT_EQ(doc["memory"]["path"], TypeParam::kMapped ? "mapped-file" : "gdbstub");
+    EXPECT_EQ(doc["memory"]["path"], TypeParam::kPath);
     EXPECT_EQ(doc["memory"]["ram_size"], 512ULL << 20);
     ASSERT_EQ(doc["vcpus"].size(), 2u);
     ASSERT_EQ(expected.size(), 2u);
@@ -195,7 +199,8 @@ TYPED_TEST(InspectReadTest, ReadsOutsideRamAndUnmappedAddressesFailAsGuestErrors
 TYPED_TEST(InspectReadTest, HumanOutputNamesTheMemoryPath) {
     CommandResult r = hvpatch({"inspect", this->guest_->target()});
     ASSERT_EQ(r.exit_code, 0) << r.describe();
-    EXPECT_NE(r.out.find(TypeParam::kMapped ? "mapped RAM file" : "gdbstub"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(TypeParam::kPathText), std::string::npos) << r.out;
+    EXPECT_EQ(r.err.find("notice"), std::string::npos) << "the fastest path for this VM is in use: " << r.err;
     EXPECT_NE(r.out.find("Accelerator:  tcg"), std::string::npos) << r.out;
 }
 

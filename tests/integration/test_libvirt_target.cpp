@@ -1,11 +1,11 @@
 // libvirt domains as hvpatch targets, through libvirt's API only: by name
 // and by UUID, with -c and with $LIBVIRT_DEFAULT_URI; with shared RAM (read
-// from the file) and without (through the stub); checked against the
+// from the file) and without (read out of the QEMU process); checked against the
 // guest's own /proc. libvirt's view stays true: a running domain is running
 // again afterwards, a `virsh suspend`ed one stays paused, and the lifecycle
 // events hvpatch causes pair up. Errors for an unknown, shut-off or
-// unreachable domain; hvpatch's record in the domain's <metadata>; and an
-// apply/revert of the sample patch by domain name.
+// unreachable domain; hvpatch's record in the domain's <metadata>; and
+// check/apply/status/revert of the sample patch on both memory paths.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -22,6 +22,7 @@
 
 #include "hvpatch/error.h"
 #include "hvpatch/machine.h"
+#include "patch/audit_log.h"
 #include "support/example_patches.h"
 #include "support/proc_oracles.h"
 #include "support/run_command.h"
@@ -95,7 +96,7 @@ struct SlowPath {
         o.shared_ram = false;
         return o;
     }
-    static constexpr const char* kMemoryPath = "gdbstub";
+    static constexpr const char* kMemoryPath = "process-memory";
 };
 
 template <typename Config>
@@ -148,7 +149,7 @@ TYPED_TEST(LibvirtTargetTest, InspectByNameAndByUuidWithConnectAndWithTheDefault
     // The human form names the memory path too.
     CommandResult human = hvpatch({"-c", kUri, "inspect", d.name()});
     ASSERT_EQ(human.exit_code, 0) << human.describe();
-    EXPECT_NE(human.out.find(std::string(TypeParam::kMemoryPath) == "mapped-file" ? "mapped RAM file" : "gdbstub"),
+    EXPECT_NE(human.out.find(std::string(TypeParam::kMemoryPath) == "mapped-file" ? "mapped RAM file" : "the memory of QEMU process"),
               std::string::npos)
         << human.out;
     EXPECT_NE(human.out.find("Target:       " + expected_target), std::string::npos) << human.out;
@@ -254,6 +255,85 @@ TYPED_TEST(LibvirtTargetTest, ASuspendedDomainStaysPausedAsLibvirtRecordedIt) {
     EXPECT_EQ(after, "paused (user)");
     EXPECT_EQ(this->domain_->run_ok("echo alive"), "alive\n");
     EXPECT_EQ(domstate(name), "running (unpaused)");
+}
+
+// check, apply, status and revert by domain name and UUID, on both memory
+// paths: the guest runs the patched code while applied, every byte of the
+// function is as before afterwards, the audit record names the memory
+// path, and libvirt's state is as found: running, or `virsh suspend`ed.
+TYPED_TEST(LibvirtTargetTest, SamplePatchChecksAppliesAndRevertsAsFoundRunningOrSuspended) {
+    TestDomain& d = *this->domain_;
+    char tmpl[] = "/tmp/hvpt-libvirt-apply.XXXXXX";
+    const std::string dir = mkdtemp(tmpl);
+    auto run = [&](std::vector<std::string> args) {
+        std::vector<std::string> argv = {"-c", kUri, "--state-dir", dir + "/state", "--audit-log", dir + "/audit.jsonl"};
+        argv.insert(argv.end(), args.begin(), args.end());
+        argv.push_back("--json");
+        CommandResult r = hvpatch(argv);
+        EXPECT_EQ(r.exit_code, 0) << r.describe();
+        EXPECT_EQ(r.err.find("notice"), std::string::npos) << r.err;
+        return r.exit_code == 0 ? json::parse(r.out) : json::object();
+    };
+    auto entry_bytes = [&](const std::string& address) {
+        CommandResult r = hvpatch({"-c", kUri, "read", d.name(), "--virt", address, "64", "--json"});
+        EXPECT_EQ(r.exit_code, 0) << r.describe();
+        return r.exit_code == 0 ? json::parse(r.out)["hex"].get<std::string>() : std::string();
+    };
+    const std::string ko = example_patch_ko(Example::Cmdline, d.release());
+    const std::string original = d.run_ok(std::string(kCmdlineOracle));
+    ASSERT_NE(original, kCmdlinePatchedOutput);
+    const std::string entry = "0x" + d.run_ok("grep ' cmdline_proc_show$' /proc/kallsyms").substr(0, 16);
+    const std::string code_before = entry_bytes(entry);
+    ASSERT_EQ(code_before.size(), 128u);
+
+    json check = run({"check", d.name(), ko});
+    EXPECT_EQ(check["ok"], true) << check.dump(2);
+
+    // Found running: running afterwards, and the lifecycle events end resumed.
+    json applied;
+    auto events = lifecycle_events_during(d.name(), [&] { applied = run({"apply", d.name(), ko}); });
+    std::cout << "lifecycle events during hvpatch apply: " << joined(events) << "\n";
+    EXPECT_EQ(applied.value("outcome", ""), "applied") << applied.dump(2);
+    EXPECT_EQ(d.run_ok(std::string(kCmdlineOracle)), kCmdlinePatchedOutput);
+    EXPECT_EQ(domstate(d.name()), "running (unpaused)");
+    ASSERT_FALSE(events.empty());
+    EXPECT_EQ(events.back().rfind("Resumed", 0), 0u) << joined(events);
+    // The jump hvpatch wrote through the stub is what the memory path reads back.
+    EXPECT_EQ(entry_bytes(entry).substr(0, 2), "e9");
+
+    json status = run({"status", d.uuid()});
+    ASSERT_EQ(status["patches"].size(), 1u) << status.dump(2);
+    EXPECT_EQ(status["patches"][0]["phase"], "applied");
+
+    json reverted = run({"revert", d.name(), "livepatch_cmdline"});
+    EXPECT_EQ(reverted.value("outcome", ""), "reverted") << reverted.dump(2);
+    EXPECT_EQ(d.run_ok(std::string(kCmdlineOracle)), original);
+    EXPECT_EQ(entry_bytes(entry), code_before);
+    EXPECT_EQ(domstate(d.name()), "running (unpaused)");
+
+    // Found suspended by the operator: patched and unpatched while libvirt
+    // keeps calling it paused by the user (the guest runs only for hvpatch's
+    // guest calls and transition).
+    ASSERT_EQ(virsh({"suspend", d.name()}).exit_code, 0);
+    json applied_paused = run({"apply", d.uuid(), ko});
+    std::string state_after_apply = domstate(d.name());
+    json reverted_paused = run({"revert", d.uuid(), "livepatch_cmdline"});
+    std::string state_after_revert = domstate(d.name());
+    ASSERT_EQ(virsh({"resume", d.name()}).exit_code, 0);
+    EXPECT_EQ(applied_paused.value("outcome", ""), "applied") << applied_paused.dump(2);
+    EXPECT_EQ(reverted_paused.value("outcome", ""), "reverted") << reverted_paused.dump(2);
+    EXPECT_EQ(state_after_apply, "paused (user)");
+    EXPECT_EQ(state_after_revert, "paused (user)");
+    EXPECT_EQ(d.run_ok(std::string(kCmdlineOracle)), original);
+    EXPECT_EQ(entry_bytes(entry), code_before);
+
+    auto records = read_audit_log(dir + "/audit.jsonl");
+    ASSERT_GE(records.size(), 4u);
+    for (const auto& rec : records) EXPECT_EQ(rec.value("memory_path", ""), TypeParam::kMemoryPath) << rec.dump();
+    auto problems = kernel_problem_lines(d.console_log());
+    EXPECT_TRUE(problems.empty()) << joined(problems);
+    std::error_code ec;
+    fs::remove_all(dir, ec);
 }
 
 // One persistent domain (fast path) for what needs a definition on disk and
@@ -377,42 +457,6 @@ TEST_F(LibvirtDomainTest, SymReadAndCheckReachTheDomainToo) {
     ASSERT_EQ(check.exit_code, 0) << check.describe();
     EXPECT_EQ(json::parse(check.out)["ok"], true) << check.out;
     EXPECT_EQ(domstate(name), "running (unpaused)");
-}
-
-TEST_F(LibvirtDomainTest, SamplePatchAppliesAndRevertsByDomainName) {
-    const std::string original = domain_->run_ok(std::string(kCmdlineOracle));
-    ASSERT_NE(original, kCmdlinePatchedOutput);
-    auto run = [&](std::vector<std::string> args) {
-        std::vector<std::string> argv = {"-c", kUri, "--state-dir", *dir_ + "/state", "--audit-log",
-                                         *dir_ + "/audit.jsonl"};
-        argv.insert(argv.end(), args.begin(), args.end());
-        argv.push_back("--json");
-        CommandResult r = hvpatch(argv);
-        EXPECT_EQ(r.exit_code, 0) << r.describe();
-        return r.exit_code == 0 ? json::parse(r.out) : json::object();
-    };
-    std::vector<std::string> events;
-    json applied;
-    events = lifecycle_events_during(domain_->name(), [&] {
-        applied = run({"apply", domain_->name(), example_patch_ko(Example::Cmdline, domain_->release())});
-    });
-    std::cout << "lifecycle events during hvpatch apply: " << joined(events) << "\n";
-    EXPECT_EQ(applied.value("outcome", ""), "applied") << applied.dump(2);
-    EXPECT_EQ(domain_->run_ok(std::string(kCmdlineOracle)), kCmdlinePatchedOutput);
-    EXPECT_EQ(domstate(domain_->name()), "running (unpaused)");
-    ASSERT_FALSE(events.empty());
-    EXPECT_EQ(events.back().rfind("Resumed", 0), 0u) << joined(events);
-
-    json status = run({"status", domain_->uuid()});
-    ASSERT_EQ(status["patches"].size(), 1u) << status.dump(2);
-    EXPECT_EQ(status["patches"][0]["phase"], "applied");
-
-    json reverted = run({"revert", domain_->name(), "livepatch_cmdline"});
-    EXPECT_EQ(reverted.value("outcome", ""), "reverted") << reverted.dump(2);
-    EXPECT_EQ(domain_->run_ok(std::string(kCmdlineOracle)), original);
-    EXPECT_EQ(domstate(domain_->name()), "running (unpaused)");
-    auto problems = kernel_problem_lines(domain_->console_log());
-    EXPECT_TRUE(problems.empty()) << joined(problems);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // hvpatch apply / revert of the three example patches on one real test
-// guest, driven through the hvpatch command as an operator would, checked
+// guest with plain RAM (read out of the QEMU process), driven through the
+// hvpatch command as an operator would, checked
 // from inside the guest (its own /proc) and against guest memory:
 //   1. the sample (cmdline_proc_show): the patched line while applied, the
 //      original after revert, every byte hvpatch touched back as before and
@@ -49,7 +50,12 @@ namespace fs = std::filesystem;
 class PatchApplyTest : public ::testing::Test {
 protected:
     static void SetUpTestSuite() {
-        guest_ = TestGuest::boot().release();
+        // Plain RAM, as a VM is configured by default: hvpatch reads it out
+        // of the QEMU process (the shared-file path is what most other
+        // suites' guests use).
+        TestGuestOptions o;
+        o.shared_ram = false;
+        guest_ = TestGuest::boot(o).release();
         char tmpl[] = "/tmp/hvpatch-apply-test.XXXXXX";
         dir_ = new std::string(mkdtemp(tmpl));
     }
@@ -185,6 +191,7 @@ TEST_F(PatchApplyTest, SampleAppliesAndRevertsLeavingEveryByteAsBefore) {
     EXPECT_GT(rec["pauses"]["freezes"].get<int>(), 0);
     EXPECT_TRUE(rec["blockers"].is_array());
     EXPECT_EQ(rec["state_location"], status["state_location"]);
+    EXPECT_EQ(rec["memory_path"], "process-memory");
     EXPECT_EQ(status["state_location"], *dir_ + "/state/" + status["vm"]["key"].get<std::string>() + ".json");
     EXPECT_EQ(records.back()["operation"], "revert");
     EXPECT_EQ(records.back()["outcome"], "reverted");
@@ -366,6 +373,8 @@ public:
     void pause() override { inner_->pause(); }
     void resume() override { inner_->resume(); }
     void set_run_state_on_close(RunState state) override { inner_->set_run_state_on_close(state); }
+    StopStats stop_stats() const override { return inner_->stop_stats(); }
+    void reset_stop_stats() override { inner_->reset_stop_stats(); }
     std::vector<int> vcpus() override { return inner_->vcpus(); }
     VcpuRegisters read_registers(int vcpu) override { return inner_->read_registers(vcpu); }
     void write_registers(int vcpu, const VcpuRegisters& regs) override { inner_->write_registers(vcpu, regs); }

@@ -47,6 +47,8 @@ public:
     RunState run_state() override { return RunState::Running; }
     void pause() override {}
     void resume() override {}
+    StopStats stop_stats() const override { return {}; }
+    void reset_stop_stats() override {}
     std::vector<int> vcpus() override { return {0}; }
     VcpuRegisters read_registers(int) override { throw Error(ErrorKind::Internal, "not in this test"); }
     void write_registers(int, const VcpuRegisters&) override { throw Error(ErrorKind::Internal, "not in this test"); }

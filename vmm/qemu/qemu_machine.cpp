@@ -203,18 +203,52 @@ MachineIdentity QemuMachine::identity() {
 
 RunState QemuMachine::run_state() { return running_ ? RunState::Running : RunState::Paused; }
 
+void QemuMachine::set_running(bool running) {
+    auto now = std::chrono::steady_clock::now();
+    if (running_ && !running) {
+        stopped_by_us_ = true;
+        stopped_at_ = now;
+        ++stops_.stops;
+    } else if (!running_ && running && stopped_by_us_) {
+        auto d = now - stopped_at_;
+        stops_.total += d;
+        stops_.longest = std::max<std::chrono::nanoseconds>(stops_.longest, d);
+        stopped_by_us_ = false;
+    }
+    running_ = running;
+}
+
+StopStats QemuMachine::stop_stats() const {
+    StopStats s = stops_;
+    if (!running_ && stopped_by_us_) {
+        auto d = std::chrono::steady_clock::now() - stopped_at_;
+        s.total += d;
+        s.longest = std::max<std::chrono::nanoseconds>(s.longest, d);
+    }
+    return s;
+}
+
+void QemuMachine::reset_stop_stats() {
+    stops_ = {};
+    // A stop in progress counts from now on.
+    if (!running_ && stopped_by_us_) {
+        stopped_at_ = std::chrono::steady_clock::now();
+        stops_.stops = 1;
+    }
+}
+
 void QemuMachine::pause() {
     if (!running_) return;
     if (gdb_) gdb_->interrupt();
     else monitor_->stop();
-    running_ = false;
+    set_running(false);
 }
 
 void QemuMachine::resume() {
     if (running_) return;
     if (gdb_) gdb_->resume();
     else monitor_->cont();
-    running_ = true;
+    set_running(true);
     if (!initially_running_) ran_while_found_paused_ = true;
 }
 
@@ -280,7 +314,7 @@ void QemuMachine::attach_gdb() {
         throw Error(e.kind(), name_ + ": gdbstub handshake failed (is another client connected?): " + e.what());
     }
     gdb_ = std::move(client);
-    running_ = false;  // connecting stops the VM
+    set_running(false);  // connecting stops the VM
     registers_ = GdbRegisterMap::parse(gdb_->read_feature_xml("target.xml"),
                                        [this](const std::string& annex) { return gdb_->read_feature_xml(annex); });
     if (gdb_->threads().size() != vcpu_indices_.size())
@@ -295,10 +329,10 @@ void QemuMachine::release_gdb() {
         if (physical_mode_ && *physical_mode_) gdb_->set_physical_mode(false);
         if (initially_running_) {
             gdb_->detach();  // D;1 resumes the VM
-            running_ = true;
+            set_running(true);
         } else {
             gdb_->close();  // closing without detach leaves the VM stopped
-            running_ = false;
+            set_running(false);
         }
         gdb_.reset();
     }
@@ -418,7 +452,7 @@ std::optional<BreakpointHit> QemuMachine::run_until_breakpoint(std::chrono::mill
     resume();
     std::optional<std::string> stop = gdb_->wait_stop(timeout);
     if (!stop) stop = gdb_->interrupt();
-    running_ = false;
+    set_running(false);
     selected_thread_.clear();  // the stub moves its current thread to the one that stopped
     if (!stop) return std::nullopt;
     auto reply = parse_stop_reply(*stop);

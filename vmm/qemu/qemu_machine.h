@@ -59,6 +59,8 @@ public:
     void pause() override;
     void resume() override;
     void set_run_state_on_close(RunState state) override { initially_running_ = state == RunState::Running; }
+    StopStats stop_stats() const override;
+    void reset_stop_stats() override;
     std::vector<int> vcpus() override;
     VcpuRegisters read_registers(int vcpu) override;
     void write_registers(int vcpu, const VcpuRegisters& regs) override;
@@ -83,6 +85,9 @@ private:
     void attach_gdb();
     void release_gdb();
     void require_paused(const std::string& what) const;
+    // Every change of our view of the run state goes through here, which
+    // keeps the StopStats.
+    void set_running(bool running);
     void select_vcpu(int vcpu);
     void use_physical_addresses(bool physical);
     std::vector<RamPiece> ram_pieces(GuestPhysAddr addr, std::uint64_t len, const char* what) const;
@@ -93,7 +98,10 @@ private:
     QemuMachineOptions options_;
     std::string initial_status_;
     bool initially_running_ = false;  // and the run state restored on close
-    bool running_ = false;  // our view of the VM's run state
+    bool running_ = false;  // our view of the VM's run state (change it with set_running)
+    StopStats stops_;
+    bool stopped_by_us_ = false;  // the current stop is ours (not how the VM was found)
+    std::chrono::steady_clock::time_point stopped_at_{};
     bool ran_while_found_paused_ = false;  // a VM found paused was let run (guest calls)
 
     MemoryAccessInfo memory_;
