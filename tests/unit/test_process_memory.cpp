@@ -19,6 +19,7 @@
 #include "vmm/qemu/process_memory.h"
 #include "vmm/qemu/qemu_machine.h"
 #include "vmm/qemu/qemu_process.h"
+#include "vmm/qemu/stopped_page_cache.h"
 
 namespace hvpatch {
 namespace {
@@ -231,6 +232,37 @@ TEST(QemuMachineMemoryPath, ProcessMemoryWhenRamIsNotASharedFile) {
     }
 }
 
+// While hvpatch holds the VM stopped, small reads come from pages read once;
+// as soon as the VM may run they are read afresh.
+TEST(QemuMachineMemoryPath, PagesReadWhileStoppedAreForgottenWhenTheVmRuns) {
+    auto monitor = std::make_unique<ThisProcessMonitor>();
+    ThisProcessMonitor& m = *monitor;
+    QemuMachine machine(std::move(monitor), "qmp:/test");
+    std::uint64_t value = 0;
+    auto word = std::as_writable_bytes(std::span(&value, 1));
+
+    m.below[0x100] = std::byte{1};
+    machine.read_physical(GuestPhysAddr{0x100}, word);
+    EXPECT_EQ(static_cast<int>(word[0]), 1) << "running: read as it is";
+    m.below[0x100] = std::byte{2};
+    machine.read_physical(GuestPhysAddr{0x100}, word);
+    EXPECT_EQ(static_cast<int>(word[0]), 2) << "running: nothing kept";
+
+    machine.pause();
+    machine.read_physical(GuestPhysAddr{0x100}, word);
+    EXPECT_EQ(static_cast<int>(word[0]), 2);
+    m.below[0x100] = std::byte{3};  // (a stopped guest cannot do this; the test can)
+    machine.read_physical(GuestPhysAddr{0x108}, word);
+    machine.read_physical(GuestPhysAddr{0x100}, word);
+    EXPECT_EQ(static_cast<int>(word[0]), 2) << "stopped: the page read first serves later reads";
+
+    machine.resume();
+    machine.pause();
+    machine.read_physical(GuestPhysAddr{0x100}, word);
+    EXPECT_EQ(static_cast<int>(word[0]), 3) << "the VM ran in between: read afresh";
+    machine.resume();
+}
+
 TEST(QemuMachineMemoryPath, FallsBackToTheStubWithANoticeSayingWhy) {
     auto monitor = std::make_unique<ThisProcessMonitor>();
     monitor->say_not_ram = true;
@@ -265,6 +297,33 @@ TEST(QemuMachineMemoryPath, APathAskedForThatCannotWorkIsAnError) {
     QemuMachine machine(std::make_unique<ThisProcessMonitor>(), "qmp:/test", stub);
     EXPECT_EQ(machine.memory_access().path, MemoryAccessInfo::Path::GdbStub);
     EXPECT_EQ(machine.memory_access().notice, "") << "the operator chose it";
+}
+
+TEST(StoppedPageCache, ReadsWholePagesOnceAndDropsWhatIsWritten) {
+    std::vector<std::uint64_t> fetched;
+    std::vector<std::byte> memory(4 * StoppedPageCache::kPageSize);
+    for (std::size_t i = 0; i < memory.size(); ++i) memory[i] = static_cast<std::byte>(i / 7);
+    auto reader = [&](std::uint64_t page, std::span<std::byte> out) {
+        fetched.push_back(page);
+        std::memcpy(out.data(), memory.data() + page, out.size());
+    };
+    StoppedPageCache cache(3);
+    std::vector<std::byte> out(32);
+    cache.read(0x1ff0, out, reader);  // across the seam of pages 1 and 2
+    EXPECT_EQ(fetched, (std::vector<std::uint64_t>{0x1000, 0x2000}));
+    for (std::size_t i = 0; i < out.size(); ++i) EXPECT_EQ(out[i], memory[0x1ff0 + i]) << i;
+    cache.read(0x2000, std::span(out).first(8), reader);
+    EXPECT_EQ(fetched.size(), 2u) << "page 2 was kept";
+
+    cache.drop(0x2004, 1);
+    cache.read(0x2000, std::span(out).first(8), reader);
+    EXPECT_EQ(fetched.size(), 3u) << "a dropped page is read again";
+    cache.drop(0, 1ULL << 40);
+    EXPECT_EQ(cache.size(), 0u);
+
+    // Bounded: a fourth page starts the cache over instead of growing it.
+    for (std::uint64_t page = 0; page < 4; ++page) cache.read(page * 0x1000, std::span(out).first(1), reader);
+    EXPECT_LE(cache.size(), 3u);
 }
 
 TEST(MemoryPathNames, RoundTripAndRefuseOthers) {

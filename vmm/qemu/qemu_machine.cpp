@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -101,6 +102,9 @@ void QemuMachine::discover_memory() {
     memory_.ram_size = summary.value("base-memory", 0ULL);
     memory_.ranges = parse_ram_layout(monitor_->hmp("info mtree"), memory_.ram_size);
     memory_.path = MemoryAccessInfo::Path::GdbStub;
+    page_aligned_ram_ = std::all_of(memory_.ranges.begin(), memory_.ranges.end(), [](const auto& r) {
+        return r.start.value % StoppedPageCache::kPageSize == 0 && r.size % StoppedPageCache::kPageSize == 0;
+    });
 
     using Path = MemoryAccessInfo::Path;
     if (auto chosen = options_.memory_path) {
@@ -209,7 +213,10 @@ void QemuMachine::set_running(bool running) {
         stopped_by_us_ = true;
         stopped_at_ = now;
         ++stops_.stops;
-    } else if (!running_ && running && stopped_by_us_) {
+    }
+    // Whatever was read while stopped may change once the VM runs.
+    if (running) stopped_pages_.clear();
+    if (!running_ && running && stopped_by_us_) {
         auto d = now - stopped_at_;
         stops_.total += d;
         stops_.longest = std::max<std::chrono::nanoseconds>(stops_.longest, d);
@@ -401,13 +408,26 @@ void QemuMachine::read_physical(GuestPhysAddr addr, std::span<std::byte> out) {
                            out.subspan(p.buffer_offset, p.length));
             return;
         case MemoryAccessInfo::Path::ProcessMemory:
-            for (const auto& p : pieces)
-                process_->read(ram_host_addresses_[p.range] + p.offset_in_range, out.subspan(p.buffer_offset, p.length));
-            return;
         case MemoryAccessInfo::Path::GdbStub:
-            read_through_gdbstub(addr, out);
-            return;
+            break;
     }
+    // Small reads of a VM hvpatch holds stopped come from whole pages kept
+    // until it runs again: one system call or stub round trip per page, not
+    // per word. Reads of a page or more go straight through.
+    if (!running_ && page_aligned_ram_ && out.size() < StoppedPageCache::kPageSize) {
+        stopped_pages_.read(addr.value, out, [this](std::uint64_t page, std::span<std::byte> buf) {
+            if (memory_.path == MemoryAccessInfo::Path::ProcessMemory) read_process_memory(GuestPhysAddr{page}, buf);
+            else read_through_gdbstub(GuestPhysAddr{page}, buf);
+        });
+        return;
+    }
+    if (memory_.path == MemoryAccessInfo::Path::ProcessMemory) read_process_memory(addr, out);
+    else read_through_gdbstub(addr, out);
+}
+
+void QemuMachine::read_process_memory(GuestPhysAddr addr, std::span<std::byte> out) {
+    for (const auto& p : ram_pieces(addr, out.size(), "reading"))
+        process_->read(ram_host_addresses_[p.range] + p.offset_in_range, out.subspan(p.buffer_offset, p.length));
 }
 
 void QemuMachine::read_through_gdbstub(GuestPhysAddr addr, std::span<std::byte> out) {
@@ -423,6 +443,7 @@ void QemuMachine::read_through_gdbstub(GuestPhysAddr addr, std::span<std::byte> 
 
 void QemuMachine::write_physical(GuestPhysAddr addr, std::span<const std::byte> data) {
     ram_pieces(addr, data.size(), "writing");
+    stopped_pages_.drop(addr.value, data.size());
     require_paused("writing guest memory");
     // Through the stub even when RAM is mapped: QEMU then drops any TCG
     // translation of the bytes, which a write to the file would not do.

@@ -31,6 +31,7 @@
 #include "vmm/qemu/process_memory.h"
 #include "vmm/qemu/ram_file.h"
 #include "vmm/qemu/ram_layout.h"
+#include "vmm/qemu/stopped_page_cache.h"
 
 namespace hvpatch {
 
@@ -81,6 +82,7 @@ private:
     void open_ram_file();
     void open_process_memory();
     void read_through_gdbstub(GuestPhysAddr addr, std::span<std::byte> out);
+    void read_process_memory(GuestPhysAddr addr, std::span<std::byte> out);
     GdbClient& gdb();
     void attach_gdb();
     void release_gdb();
@@ -108,6 +110,10 @@ private:
     std::unique_ptr<RamFile> ram_;
     std::unique_ptr<ProcessMemory> process_;
     std::vector<std::uint64_t> ram_host_addresses_;  // per RAM range, in QEMU's process
+    // Small reads while the VM is stopped, for the paths where each read
+    // costs a system call or a round trip (not the mapped file).
+    StoppedPageCache stopped_pages_;
+    bool page_aligned_ram_ = false;  // every RAM range starts and ends on a page
     std::vector<int> vcpu_indices_;
     std::vector<pid_t> vcpu_threads_;  // host thread ids, as query-cpus-fast reports them
 
