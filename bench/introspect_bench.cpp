@@ -575,7 +575,7 @@ int main(int argc, char** argv) {
         {
             auto machine = open_machine(guest->target());
             auto mem = machine->memory_access();
-            memory_path = mem.path == MemoryAccessInfo::Path::MappedFile ? "mapped file" : "gdbstub";
+            memory_path = memory_path_name(mem.path);
             vcpus = static_cast<int>(machine->vcpus().size());
         }
         Results a, b;

@@ -5,7 +5,8 @@
 //
 // The guest is booted twice, one after the other (each takes both cores):
 // once with its RAM in a shared file (hvpatch maps it), once with anonymous
-// RAM (hvpatch reads it through the gdbstub). Every operation is timed N
+// RAM (hvpatch reads it out of the QEMU process; memory_path_bench compares
+// all three memory paths on one guest). Every operation is timed N
 // times through hvpatch's own Machine interface; the table shows the median
 // and [min-max] in milliseconds.
 #include <algorithm>
@@ -101,7 +102,7 @@ void bench_guest(bool shared_ram, int reps, Results& out, GuestInfo& info) {
         out["open Machine (QMP connect + discovery)"].ms.push_back(ms_since(start));
         if (i == 0) {
             auto mem = machine->memory_access();
-            info.memory_path = mem.path == MemoryAccessInfo::Path::MappedFile ? "mapped file" : "gdbstub";
+            info.memory_path = memory_path_name(mem.path);
             info.vcpus = static_cast<int>(machine->vcpus().size());
         }
     }

@@ -123,10 +123,12 @@ std::string guest_says(GuestCommandChannel& channel, const std::string& command,
 void run_demo(const DemoOptions& opt, const GlobalOptions& global) {
     std::string dir = find_guest_dir(opt);
     LaunchOptions launch = guest_launch_options(dir);
+    // Plain RAM, as a VM is configured by default: nothing set up for hvpatch.
+    launch.shared_ram = false;
     progress(opt.json, "booting " + guest_release(dir) + " under QEMU (" +
                            (launch.accel == "auto" ? (usable_kvm() ? "kvm" : "tcg") : launch.accel) + ", " +
                            std::to_string(launch.vcpus) + " vCPUs, " + std::to_string(launch.memory_mib) +
-                           " MiB, shared RAM file)");
+                           " MiB of plain RAM)");
     auto vm = launch_vm(launch);
     wait_for_ready(*vm, opt.json);
     std::string target = "qmp:" + vm->qmp_socket_path();
