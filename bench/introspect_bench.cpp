@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "bench_args.h"
+#include "bench_figures.h"
 #include "hvpatch/error.h"
 #include "hvpatch/machine.h"
 #include "introspect/guest_kernel.h"
@@ -59,24 +60,9 @@ constexpr int kExtraTasks = 1000;
 // busy vCPUs and every pass sees memory the guest has just touched.
 constexpr std::chrono::milliseconds kRunBetween{10};
 
-double ms_since(Clock::time_point start) {
-    return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
-std::string fmt(double v) {
-    char buf[32];
-    if (v < 10) std::snprintf(buf, sizeof buf, "%.3f", v);
-    else if (v < 100) std::snprintf(buf, sizeof buf, "%.2f", v);
-    else std::snprintf(buf, sizeof buf, "%.0f", v);
-    return buf;
-}
-
-double median_of(std::vector<double> s) {
-    if (s.empty()) return 0;
-    std::sort(s.begin(), s.end());
-    std::size_t n = s.size();
-    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-}
+using bench::fmt;
+using bench::median_of;
+using bench::ms_since;
 
 struct Samples {
     std::vector<double> ms;

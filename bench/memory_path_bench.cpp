@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench_args.h"
+#include "bench_figures.h"
 #include "hvpatch/machine.h"
 #include "support/example_patches.h"
 #include "support/run_command.h"
@@ -43,32 +44,13 @@ const std::vector<MemoryAccessInfo::Path> kPaths = {MemoryAccessInfo::Path::Mapp
                                                     MemoryAccessInfo::Path::ProcessMemory,
                                                     MemoryAccessInfo::Path::GdbStub};
 
-double ms_since(Clock::time_point start) {
-    return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
-std::string fmt(double v) {
-    char buf[32];
-    if (v < 10) std::snprintf(buf, sizeof buf, "%.3f", v);
-    else if (v < 100) std::snprintf(buf, sizeof buf, "%.2f", v);
-    else std::snprintf(buf, sizeof buf, "%.0f", v);
-    return buf;
-}
+using bench::fmt;
+using bench::ms_since;
 
 struct Samples {
     std::vector<double> v;
-    double median() const {
-        std::vector<double> s = v;
-        std::sort(s.begin(), s.end());
-        std::size_t n = s.size();
-        return n == 0 ? 0 : n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-    }
-    std::string cell() const {
-        if (v.empty()) return "-";
-        auto [lo, hi] = std::minmax_element(v.begin(), v.end());
-        if (*lo == *hi) return fmt(*lo);
-        return fmt(median()) + " [" + fmt(*lo) + "-" + fmt(*hi) + "]";
-    }
+    double median() const { return bench::median_of(v); }
+    std::string cell() const { return bench::median_and_range(v); }
 };
 
 // Row → path → samples, rows in the order first measured.

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "bench_args.h"
+#include "bench_figures.h"
 #include "hvpatch/error.h"
 #include "hvpatch/machine.h"
 #include "support/test_guest.h"
@@ -38,33 +39,16 @@ constexpr std::uint64_t kReadAddress = 16ULL << 20;
 // pause stops vCPUs that are busy (the guest's workloads keep them busy).
 constexpr std::chrono::milliseconds kRunBetween{10};
 
-double ms_since(Clock::time_point start) {
-    return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
+using bench::ms_since;
 
 struct Samples {
     std::vector<double> ms;
     std::string note;  // e.g. the memory path, or why there are no figures
 
-    double median() const {
-        std::vector<double> s = ms;
-        std::sort(s.begin(), s.end());
-        std::size_t n = s.size();
-        return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-    }
+    double median() const { return bench::median_of(ms); }
     std::string cell() const {
         if (ms.empty()) return note.empty() ? "-" : note;
-        char buf[96];
-        auto [lo, hi] = std::minmax_element(ms.begin(), ms.end());
-        std::snprintf(buf, sizeof buf, "%s [%s-%s]", fmt(median()).c_str(), fmt(*lo).c_str(), fmt(*hi).c_str());
-        return buf;
-    }
-    static std::string fmt(double v) {
-        char buf[32];
-        if (v < 10) std::snprintf(buf, sizeof buf, "%.3f", v);
-        else if (v < 100) std::snprintf(buf, sizeof buf, "%.2f", v);
-        else std::snprintf(buf, sizeof buf, "%.0f", v);
-        return buf;
+        return bench::median_and_range(ms);
     }
 };
 
