@@ -64,6 +64,10 @@ void ProcessMemory::read(std::uint64_t address, std::span<std::byte> out) const 
         iovec remote{reinterpret_cast<void*>(address + done), want};
         ssize_t n = ::process_vm_readv(pid_, &local, 1, &remote, 1, 0);
         if (n < 0 && errno == EINTR) continue;
+        if (n > 0) {
+            done += static_cast<std::size_t>(n);
+            continue;
+        }
         int err = errno;
         if (exited() || (n < 0 && err == ESRCH))
             throw Error(ErrorKind::Unreachable,
@@ -71,12 +75,10 @@ void ProcessMemory::read(std::uint64_t address, std::span<std::byte> out) const 
         if (n < 0 && (err == EPERM || err == EACCES))
             throw Error(ErrorKind::Unreachable, who_ + ": reading QEMU process " + std::to_string(pid_) +
                                                     ": " + why_refused(err));
-        if (n <= 0)
-            throw Error(ErrorKind::Guest, who_ + ": host address " + hex(address + done) + " of QEMU process " +
-                                              std::to_string(pid_) + " is not readable (" +
-                                              (n < 0 ? std::strerror(err) : "nothing read") +
-                                              "): guest RAM unplugged or remapped underneath?");
-        done += static_cast<std::size_t>(n);
+        throw Error(ErrorKind::Guest, who_ + ": host address " + hex(address + done) + " of QEMU process " +
+                                          std::to_string(pid_) + " is not readable (" +
+                                          (n < 0 ? std::strerror(err) : "nothing read") +
+                                          "): guest RAM unplugged or remapped underneath?");
     }
     // The bytes count only if they came from QEMU: had it exited, its pid
     // could have been reused by the time of the read.
