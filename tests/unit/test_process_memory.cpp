@@ -138,6 +138,32 @@ TEST(ProcessMemory, AnUnmappedAddressIsAnErrorNotACrash) {
     munmap(map, static_cast<std::size_t>(page));
 }
 
+// A large read is shared among threads: every byte arrives, and a hole in
+// any part of it is the same error as in a small read.
+TEST(ProcessMemory, LargeReadsAreWholeAndFailWhole) {
+    const std::size_t size = (8u << 20) + 12345;
+    std::vector<std::byte> source(size);
+    for (std::size_t i = 0; i < size; ++i) source[i] = static_cast<std::byte>((i * 2654435761u) >> 13);
+    ProcessMemory memory(getpid(), "t");
+    std::vector<std::byte> out(size);
+    memory.read(address_of(source.data()), out);
+    EXPECT_TRUE(out == source);
+
+    const std::size_t map_size = 8u << 20;
+    void* map = mmap(nullptr, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(map, MAP_FAILED);
+    // A hole in the last quarter, where a helper thread reads.
+    ASSERT_EQ(munmap(static_cast<char*>(map) + map_size - (1u << 20), 4096), 0);
+    std::vector<std::byte> big(map_size);
+    try {
+        memory.read(address_of(map), big);
+        ADD_FAILURE() << "read across a hole";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.kind(), ErrorKind::Guest) << e.what();
+    }
+    munmap(map, map_size);
+}
+
 TEST(ProcessMemory, AProcessThatExitedIsUnreachable) {
     static std::uint64_t value = 0x1122334455667788ULL;
     pid_t child = fork();

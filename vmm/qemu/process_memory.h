@@ -47,6 +47,9 @@ public:
     bool exited() const;
 
 private:
+    // One thread's part of a read; `check_interrupts` only in the caller's thread.
+    void read_serially(std::uint64_t address, std::span<std::byte> out, bool check_interrupts) const;
+
     pid_t pid_;
     std::string who_;
     int pidfd_ = -1;
