@@ -72,12 +72,7 @@ protected:
         ASSERT_EQ(guest(0).release(), guest(1).release());
     }
     void TearDown() override {
-        for (auto& g : *guests_) {
-            auto problems = kernel_problem_lines(g->console_log());
-            std::string shown;
-            for (const auto& line : problems) shown += line + "\n";
-            EXPECT_TRUE(problems.empty()) << g->target() << "'s console shows:\n" << shown;
-        }
+        for (auto& g : *guests_) EXPECT_EQ(kernel_problems_shown(*g), "") << "kernel problems on " << g->target();
     }
 
     static TestGuest& guest(int i) { return *(*guests_)[static_cast<std::size_t>(i)]; }

@@ -60,12 +60,7 @@ protected:
         dir_ = nullptr;
     }
     void SetUp() override { ASSERT_NE(guest_, nullptr) << "the test guest did not boot"; }
-    void TearDown() override {
-        auto problems = kernel_problem_lines(guest_->console_log());
-        std::string shown;
-        for (const auto& line : problems) shown += line + "\n";
-        EXPECT_TRUE(problems.empty()) << "the guest's console shows:\n" << shown;
-    }
+    void TearDown() override { EXPECT_EQ(kernel_problems_shown(*guest_), "") << "kernel problems on its console"; }
 
     static MonitorOracle monitor() { return MonitorOracle(guest_->vm().qmp_socket_path()); }
     static std::string audit_log() { return *dir_ + "/audit.jsonl"; }

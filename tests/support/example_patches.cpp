@@ -192,6 +192,12 @@ std::vector<GuestTaskPatchState> guest_tasks_in_patch_state(GuestShell& guest, i
     return tasks;
 }
 
+std::string kernel_problems_shown(const GuestShell& guest) {
+    std::string shown;
+    for (const auto& line : kernel_problem_lines(guest.console_log())) shown += line + "\n";
+    return shown;
+}
+
 std::vector<std::string> kernel_problem_lines(std::string_view log) {
     static constexpr std::string_view kProblems[] = {"BUG:", "WARNING:", "Oops", "general protection fault",
                                                      "Call Trace", "Kernel panic", "kernel BUG"};

@@ -97,6 +97,9 @@ std::vector<GuestTaskPatchState> guest_tasks_in_patch_state(GuestShell& guest, i
 // general protection fault, Call Trace, panic. (Taint messages for an
 // out-of-tree, unsigned livepatch module are expected and not included.)
 std::vector<std::string> kernel_problem_lines(std::string_view log);
+// Those lines of `guest`'s console so far, one per line; "" when there are
+// none. What a suite's TearDown checks: EXPECT_EQ(kernel_problems_shown(g), "").
+std::string kernel_problems_shown(const GuestShell& guest);
 
 // --- Example 1: livepatch-cmdline -----------------------------------------
 // cmdline_proc_show prints a fixed line instead of the kernel command line.
