@@ -150,6 +150,8 @@ void run_demo(const DemoOptions& opt, const GlobalOptions& global) {
     std::string before = guest_says(channel, "cat /proc/cmdline", opt.json, steps);
     progress(opt.json, "hvpatch apply " + target + " " + patch);
     auto machine = open_target(target, global);
+    // Nothing was set up for hvpatch in this VM: say how its RAM is reached.
+    progress(opt.json, "guest RAM is read through " + describe_memory_access(machine->memory_access()));
     Patcher patcher(*machine, options);
     OperationReport applied = patcher.apply(patch);
     if (!opt.json)
