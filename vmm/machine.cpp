@@ -55,14 +55,17 @@ std::optional<MemoryAccessInfo::Path> memory_path_from_name(const std::string& n
                 "memory path '" + name + "': expected auto, mapped-file, process-memory or gdbstub");
 }
 
+bool is_real_uuid(const std::string& uuid) {
+    return !uuid.empty() && uuid.find_first_not_of("0-") != std::string::npos;
+}
+
 std::string MachineIdentity::key() const {
     auto safe = [](std::string text) {
         for (char& c : text)
             if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) c = '_';
         return text;
     };
-    bool real_uuid = !uuid.empty() && uuid.find_first_not_of("0-") != std::string::npos;
-    if (real_uuid) return "uuid-" + safe(uuid);
+    if (is_real_uuid(uuid)) return "uuid-" + safe(uuid);
     return "target-" + safe(target);
 }
 

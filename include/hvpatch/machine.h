@@ -81,6 +81,10 @@ struct StopStats {
     std::chrono::nanoseconds total{0}, longest{0};
 };
 
+// Whether `uuid` is one the VMM was given: not empty and not all zeros
+// (QEMU reports 00000000-... for a VM started without -uuid).
+bool is_real_uuid(const std::string& uuid);
+
 // Who the VM is, as its VMM names it. State kept outside the guest is keyed
 // by `key()`: the UUID when the VMM has a real one, else the target name.
 struct MachineIdentity {

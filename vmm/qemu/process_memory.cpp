@@ -76,8 +76,7 @@ void ProcessMemory::read_serially(std::uint64_t address, std::span<std::byte> ou
         }
         int err = errno;
         if (exited() || (n < 0 && err == ESRCH))
-            throw Error(ErrorKind::Unreachable,
-                        who_ + ": QEMU (pid " + std::to_string(pid_) + ") exited while hvpatch read guest memory");
+            throw exited_during_read();
         if (n < 0 && (err == EPERM || err == EACCES))
             throw Error(ErrorKind::Unreachable, who_ + ": reading QEMU process " + std::to_string(pid_) +
                                                     ": " + why_refused(err));
@@ -124,8 +123,12 @@ void ProcessMemory::read(std::uint64_t address, std::span<std::byte> out) const 
     // The bytes count only if they came from QEMU: had it exited, its pid
     // could have been reused by the time of the read.
     if (exited())
-        throw Error(ErrorKind::Unreachable,
-                    who_ + ": QEMU (pid " + std::to_string(pid_) + ") exited while hvpatch read guest memory");
+        throw exited_during_read();
+}
+
+Error ProcessMemory::exited_during_read() const {
+    return Error(ErrorKind::Unreachable,
+                 who_ + ": QEMU (pid " + std::to_string(pid_) + ") exited while hvpatch read guest memory");
 }
 
 std::string ProcessMemory::probe(std::uint64_t address) const {

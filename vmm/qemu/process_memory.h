@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "hvpatch/error.h"
+
 namespace hvpatch {
 
 class ProcessMemory {
@@ -49,6 +51,7 @@ public:
 private:
     // One thread's part of a read; `check_interrupts` only in the caller's thread.
     void read_serially(std::uint64_t address, std::span<std::byte> out, bool check_interrupts) const;
+    Error exited_during_read() const;
 
     pid_t pid_;
     std::string who_;

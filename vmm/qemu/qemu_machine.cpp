@@ -416,17 +416,19 @@ void QemuMachine::read_physical(GuestPhysAddr addr, std::span<std::byte> out) {
     // per word. Reads of a page or more go straight through.
     if (!running_ && page_aligned_ram_ && out.size() < StoppedPageCache::kPageSize) {
         stopped_pages_.read(addr.value, out, [this](std::uint64_t page, std::span<std::byte> buf) {
-            if (memory_.path == MemoryAccessInfo::Path::ProcessMemory) read_process_memory(GuestPhysAddr{page}, buf);
-            else read_through_gdbstub(GuestPhysAddr{page}, buf);
+            if (memory_.path == MemoryAccessInfo::Path::ProcessMemory)
+                read_process_memory(ram_pieces(GuestPhysAddr{page}, buf.size(), "reading"), buf);
+            else
+                read_through_gdbstub(GuestPhysAddr{page}, buf);
         });
         return;
     }
-    if (memory_.path == MemoryAccessInfo::Path::ProcessMemory) read_process_memory(addr, out);
+    if (memory_.path == MemoryAccessInfo::Path::ProcessMemory) read_process_memory(pieces, out);
     else read_through_gdbstub(addr, out);
 }
 
-void QemuMachine::read_process_memory(GuestPhysAddr addr, std::span<std::byte> out) {
-    for (const auto& p : ram_pieces(addr, out.size(), "reading"))
+void QemuMachine::read_process_memory(const std::vector<RamPiece>& pieces, std::span<std::byte> out) {
+    for (const auto& p : pieces)
         process_->read(ram_host_addresses_[p.range] + p.offset_in_range, out.subspan(p.buffer_offset, p.length));
 }
 

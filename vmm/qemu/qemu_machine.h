@@ -82,7 +82,8 @@ private:
     void open_ram_file();
     void open_process_memory();
     void read_through_gdbstub(GuestPhysAddr addr, std::span<std::byte> out);
-    void read_process_memory(GuestPhysAddr addr, std::span<std::byte> out);
+    // `pieces`: the access as ram_pieces split it.
+    void read_process_memory(const std::vector<RamPiece>& pieces, std::span<std::byte> out);
     GdbClient& gdb();
     void attach_gdb();
     void release_gdb();

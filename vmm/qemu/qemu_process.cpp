@@ -9,10 +9,6 @@
 namespace hvpatch {
 namespace {
 
-bool real_uuid(const std::string& uuid) {
-    return !uuid.empty() && uuid.find_first_not_of("0-") != std::string::npos;
-}
-
 std::string lower(std::string text) {
     std::transform(text.begin(), text.end(), text.begin(),
                    [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -55,7 +51,7 @@ pid_t find_qemu_process(const QemuProcessClues& clues, const std::string& who) {
                                                     " is not a thread of process " + std::to_string(*pid) +
                                                     " (QEMU on another host, in another pid namespace, or "
                                                     "behind a proxy socket)");
-    if (real_uuid(clues.uuid)) {
+    if (is_real_uuid(clues.uuid)) {
         auto args = process_command_line(*pid);
         bool found = false;
         for (const auto& arg : args)
