@@ -2,10 +2,12 @@
 
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <stdexcept>
 #include <thread>
+#include <tuple>
 
 #include "hvpatch/error.h"
 #include "patch/livepatch_module.h"
@@ -23,29 +25,30 @@ std::string trim(std::string text) {
 
 }  // namespace
 
-std::string test_guest_dir(const std::string& flavour, const std::string& version) {
+std::string test_guest_dir(const std::string& flavour, const std::string& version, const std::string& suite) {
     // The script is cheap when cached, but asks apt each time (~0.5 s):
     // once per process is enough.
     static std::mutex mutex;
-    static std::map<std::pair<std::string, std::string>, std::string> known;
+    static std::map<std::tuple<std::string, std::string, std::string>, std::string> known;
     std::lock_guard lock(mutex);
-    if (auto it = known.find({flavour, version}); it != known.end()) return it->second;
+    if (auto it = known.find({flavour, version, suite}); it != known.end()) return it->second;
 
     std::vector<std::string> argv = {source_dir() + "/scripts/build-test-guest", "--print-dir"};
     if (!flavour.empty()) argv.insert(argv.end(), {"--flavour", flavour});
     if (!version.empty()) argv.insert(argv.end(), {"--version", version});
+    if (!suite.empty()) argv.insert(argv.end(), {"--suite", suite});
     // Cold, this downloads a ~70 MB kernel package.
     CommandResult result = run_command(argv, 15min);
     std::string dir = trim(result.out);
     if (result.exit_code != 0 || dir.empty())
         throw std::runtime_error("scripts/build-test-guest failed: " + result.describe());
-    known[{flavour, version}] = dir;
+    known[{flavour, version, suite}] = dir;
     return dir;
 }
 
 std::unique_ptr<TestGuest> TestGuest::boot(const TestGuestOptions& options) {
     std::unique_ptr<TestGuest> guest(new TestGuest());
-    guest->guest_dir_ = test_guest_dir(options.flavour, options.version);
+    guest->guest_dir_ = test_guest_dir(options.flavour, options.version, options.suite);
     guest->release_ = guest_release(guest->guest_dir_);
 
     LaunchOptions launch = guest_launch_options(guest->guest_dir_);

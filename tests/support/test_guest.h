@@ -18,6 +18,7 @@ namespace hvpatch::test {
 struct TestGuestOptions {
     std::string flavour = "";  // "" = the default kernel (amd64); cloud-amd64, rt-amd64
     std::string version = "";  // "" = what linux-image-<flavour> depends on; else e.g. 6.1.0-50
+    std::string suite = "";    // "" = the machine's apt sources; else a Debian suite (bullseye, forky, ...)
     int vcpus = 2;
     int memory_mib = 512;
     std::string cpu_model;     // "" = QEMU's default; "max" for 5-level paging
@@ -31,7 +32,8 @@ struct TestGuestOptions {
 // The guest dir of scripts/build-test-guest (vmlinuz, config, release,
 // lib/modules/<release>, initramfs.cpio.gz), built on first use. Throws
 // std::runtime_error with the script's stderr if it fails.
-std::string test_guest_dir(const std::string& flavour = "", const std::string& version = "");
+std::string test_guest_dir(const std::string& flavour = "", const std::string& version = "",
+                           const std::string& suite = "");
 
 class TestGuest : public GuestShell {
 public:
