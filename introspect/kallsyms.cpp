@@ -24,11 +24,22 @@
 //                 it, see the guest's 6.1.192 source)          indices in name order
 //   6.4           num_syms names markers token_table           "scripts/kallsyms: change the
 //                 token_index offsets relative_base            output order" (offsets moved
-//                 seqs_of_names                                after token_index)
-//   7.0           (per FIELD-NOTES; not checked here)          place-relative offsets
+//                 seqs_of_names                                after token_index); Debian's
+//                                                              6.12 has this order
+//   6.15          (same order)                                 KALLSYMS_ABSOLUTE_PERCPU removed:
+//                                                              offsets are relative_base + u32
+//   7.0           num_syms names markers token_table           "kallsyms: ... pc-relative"
+//                 token_index offsets seqs_of_names            offsets: offsets[i] is the s32
+//                                                              distance from &offsets[i] to the
+//                                                              symbol (".long _text - . + x");
+//                                                              kallsyms_relative_base gone;
+//                                                              every label ".balign 4"
+//                                                              (Debian 7.2's scripts/kallsyms.c)
 //
-// Every label is ".balign 8" on 64-bit, so each table starts 8-aligned and
-// the gaps are zero padding of fewer than 8 bytes. Common to all versions:
+// Up to 6.x every label is ".balign 8" on 64-bit, so each table starts
+// 8-aligned and the gaps are zero padding of fewer than 8 bytes; from 7.0
+// ".balign 4" (num_syms is then directly followed by names). Common to all
+// versions:
 //   - kallsyms_names is a stream of [length][length code bytes]; each code
 //     byte indexes kallsyms_token_index, whose u16 is the offset of a
 //     NUL-terminated token in kallsyms_token_table. The expansion's first
@@ -48,11 +59,15 @@
 // Supported: the 4.6-6.3 order, base-relative with or without absolute
 // per-CPU offsets, one- and two-byte lengths, with or without
 // seqs_of_names (told apart by the gap between kallsyms_markers and
-// kallsyms_token_table: < 8 bytes, or 3 * num_syms rounded up to 8).
+// kallsyms_token_table: < 8 bytes, or 3 * num_syms rounded up to 8); the
+// 6.4+ order (base-relative, offsets right after token_index); and the 7.0
+// place-relative order with 4-byte labels. locate() tries the 8-aligned
+// shapes first (old order: offsets and relative_base before num_syms; else
+// new order: relative_base after the offsets, which must hold an address in
+// the image), then the 4-aligned place-relative shape; decode() checks
+// every symbol, so a wrong guess fails rather than gives wrong addresses.
 // Refused with an error that says so: absolute address tables (< 4.6 or
-// BASE_RELATIVE=n) and the 6.4+ order (locate() finds num_syms, names and
-// markers in front of the token table but no valid offsets before them).
-// The 7.0 place-relative offsets fail the same check.
+// BASE_RELATIVE=n).
 //
 // The guest is untrusted: every count is capped, every offset and index is
 // checked against the table it points into, every loop is bounded, the
@@ -87,7 +102,7 @@ constexpr std::uint64_t kSearchBudget = 1ull << 27;
 constexpr char kDigitTokens[] = "0\0" "1\0" "2\0" "3\0" "4\0" "5\0" "6\0" "7\0" "8\0" "9";
 constexpr std::size_t kDigitTokensSize = sizeof(kDigitTokens);  // 20: includes the last NUL
 
-std::uint64_t align8(std::uint64_t v) { return (v + 7) & ~std::uint64_t{7}; }
+std::uint64_t align_up(std::uint64_t v, unsigned alignment) { return (v + alignment - 1) & ~std::uint64_t{alignment - 1}; }
 
 template <typename T>
 T load(std::span<const std::byte> bytes, std::uint64_t offset) {
@@ -232,9 +247,10 @@ struct TokenTablePosition {
 };
 
 // Given the address of "0\01\0...9\0" inside [start, end): the token table
-// and index it belongs to, if the bytes around it have the shape.
+// and index it belongs to, if the bytes around it have the shape with labels
+// aligned to `alignment` (8 or 4).
 std::optional<TokenTablePosition> token_table_at(VirtualMemory& memory, std::uint64_t digits,
-                                                 std::uint64_t start, std::uint64_t end) {
+                                                 std::uint64_t start, std::uint64_t end, unsigned alignment) {
     if (digits <= start) return std::nullopt;
     // Tokens 0x30..0xff follow the digit run back to back.
     std::uint64_t window = std::min<std::uint64_t>(kTokenTableMax, end - digits);
@@ -250,7 +266,7 @@ std::optional<TokenTablePosition> token_table_at(VirtualMemory& memory, std::uin
         p = nul + 1;
     }
     std::uint64_t table_end = digits + p;
-    std::uint64_t index = align8(table_end);
+    std::uint64_t index = align_up(table_end, alignment);
     if (index < table_end || index > end || end - index < kTokenIndexSize) return std::nullopt;
     std::array<std::byte, kTokenIndexSize> idx;
     try {
@@ -266,21 +282,46 @@ std::optional<TokenTablePosition> token_table_at(VirtualMemory& memory, std::uin
     std::uint64_t zero = load<std::uint16_t>(ix, 2 * 0x30);
     if (load<std::uint16_t>(ix, 0) != 0 || zero > digits - start) return std::nullopt;
     std::uint64_t table = digits - zero;
-    if (table % 8 != 0) return std::nullopt;
+    if (table % alignment != 0) return std::nullopt;
     for (int c = 0x31; c <= 0x39; ++c)
         if (load<std::uint16_t>(ix, 2 * c) != load<std::uint16_t>(ix, 2 * (c - 1)) + 2) return std::nullopt;
     if (load<std::uint16_t>(ix, 2 * 0xff) != (digits + last_token) - table) return std::nullopt;
     return TokenTablePosition{GuestVirtAddr{table}, GuestVirtAddr{index}};
 }
 
+// Decodes the tables at `layout`; a candidate that does not decode is
+// noted (rank 2) with `found` and the reason, and gives nullopt.
+std::optional<KallsymsTable> try_decode(VirtualMemory& memory, const KallsymsLayout& layout, std::uint64_t start,
+                                        std::uint64_t end, const std::string& found, SearchState& state) {
+    try {
+        KallsymsTable table = KallsymsTable::decode(memory, layout);
+        // decode() cannot check the base itself (every address moves with
+        // it); it is the lowest kernel symbol (_text), so it lies in the image.
+        const std::uint64_t base = table.layout().relative_base;
+        if (base < start || base >= end)
+            corrupt(layout.place_relative ? "kallsyms_offsets" : "kallsyms_relative_base",
+                    layout.place_relative ? layout.offsets.value : layout.relative_base_var.value,
+                    "the lowest symbol " + hex(base) + " is outside the kernel image " + hex(start) + ".." + hex(end));
+        return table;
+    } catch (const Error& e) {
+        if (e.kind() != ErrorKind::Guest) throw;
+        state.note(2, found + ", but " + e.what());
+        return std::nullopt;
+    }
+}
+
 // Searches backwards from the token table for kallsyms_num_syms: an
-// 8-aligned u32 N followed by 4 zero bytes, then N names ending where
-// kallsyms_markers starts, markers that agree with the names, and either
-// nothing or N seqs_of_names entries up to the token table. Then offsets and
-// relative_base must sit right before num_syms (4.6-6.3 order); decode()
-// checks everything.
-std::optional<KallsymsTable> tables_before(VirtualMemory& memory, TokenTablePosition tokens,
-                                           std::uint64_t start, std::uint64_t end, SearchState& state) {
+// aligned u32 N (followed by 4 zero bytes when labels are 8-aligned), then
+// N names ending where kallsyms_markers starts, markers that agree with the
+// names, and either nothing or N seqs_of_names entries up to the token
+// table. Then the offsets are where one of the orders puts them:
+//   alignment 8: before num_syms with relative_base (4.6-6.3), or after
+//                token_index followed by relative_base (6.4+);
+//   alignment 4: after token_index, place-relative (7.0+).
+// decode() checks everything.
+std::optional<KallsymsTable> tables_before(VirtualMemory& memory, TokenTablePosition tokens, std::uint64_t start,
+                                           std::uint64_t end, unsigned alignment, SearchState& state) {
+    const std::uint64_t a = alignment;
     const std::uint64_t t = tokens.table.value;
     const std::uint64_t floor = t - start > kMaxTablesSpan ? t - kMaxTablesSpan : start;
     if (t - floor < 16) return std::nullopt;
@@ -300,14 +341,14 @@ std::optional<KallsymsTable> tables_before(VirtualMemory& memory, TokenTablePosi
         return true;
     };
     std::vector<std::uint32_t> marks;
-    for (std::uint64_t s = (t - 16) & ~std::uint64_t{7}; s >= floor; s -= 8) {
+    for (std::uint64_t s = (t - 16) & ~(a - 1); s >= floor; s -= a) {
         if (s < lo && !extend()) break;
         std::uint64_t n = load<std::uint32_t>(b, s - lo);
-        if (n == 0 || n > KallsymsTable::kMaxSymbols || load<std::uint32_t>(b, s + 4 - lo) != 0) {
-            if (s - floor < 8) break;
+        if (n == 0 || n > KallsymsTable::kMaxSymbols || (a == 8 && load<std::uint32_t>(b, s + 4 - lo) != 0)) {
+            if (s - floor < a) break;
             continue;
         }
-        const std::uint64_t names = s + 8;
+        const std::uint64_t names = align_up(s + 4, alignment);
         const std::uint64_t avail = t - names;
         const std::uint64_t markers_size = 4 * ((n + 255) / 256);
         bool ok = avail >= 2 * n + markers_size;
@@ -329,7 +370,7 @@ std::optional<KallsymsTable> tables_before(VirtualMemory& memory, TokenTablePosi
             off += header + len;
             if (off > avail) ok = false;
         }
-        const std::uint64_t markers = align8(names + off);
+        const std::uint64_t markers = align_up(names + off, alignment);
         if (ok && markers + markers_size <= t) {
             for (std::size_t j = 0; ok && j < marks.size(); ++j)
                 ok = load<std::uint32_t>(b, markers + 4 * j - lo) == marks[j];
@@ -337,49 +378,53 @@ std::optional<KallsymsTable> tables_before(VirtualMemory& memory, TokenTablePosi
             ok = false;
         }
         if (ok) {
-            const std::uint64_t after_markers = align8(markers + markers_size);
+            const std::uint64_t after_markers = align_up(markers + markers_size, alignment);
             KallsymsLayout layout;
-            if (after_markers == t) {
-                layout.seqs_of_names = GuestVirtAddr{0};
-            } else if (after_markers + 3 * n <= t && align8(after_markers + 3 * n) == t) {
-                layout.seqs_of_names = GuestVirtAddr{after_markers};
-            } else {
-                ok = false;
-            }
-            if (ok) {
-                layout.num_syms_var = GuestVirtAddr{s};
-                layout.names = GuestVirtAddr{names};
-                layout.markers = GuestVirtAddr{markers};
-                layout.token_table = tokens.table;
-                layout.token_index = tokens.index;
-                std::string found = "kallsyms_num_syms at " + hex(s) + " (" + std::to_string(n) +
-                                    " symbols), kallsyms_names at " + hex(names) + " and kallsyms_markers at " +
-                                    hex(markers) + " match kallsyms_token_table at " + hex(t);
-                const std::uint64_t offsets_size = align8(4 * n);
+            layout.label_alignment = alignment;
+            layout.num_syms_var = GuestVirtAddr{s};
+            layout.names = GuestVirtAddr{names};
+            layout.markers = GuestVirtAddr{markers};
+            layout.token_table = tokens.table;
+            layout.token_index = tokens.index;
+            const std::string found = "kallsyms_num_syms at " + hex(s) + " (" + std::to_string(n) +
+                                      " symbols), kallsyms_names at " + hex(names) + " and kallsyms_markers at " +
+                                      hex(markers) + " match kallsyms_token_table at " + hex(t);
+            const std::uint64_t offsets_size = align_up(4 * n, alignment);
+            const std::uint64_t offsets_after = tokens.index.value + kTokenIndexSize;  // 6.4+ and 7.0+
+            // 4.6-6.3: [offsets][relative_base] num_syms ... [seqs] token_table.
+            if (a == 8 && (after_markers == t || (after_markers + 3 * n <= t && align_up(after_markers + 3 * n, 8) == t))) {
+                KallsymsLayout old = layout;
+                old.seqs_of_names = GuestVirtAddr{after_markers == t ? 0 : after_markers};
                 if (s - start < 8 + offsets_size) {
                     state.note(2, found + ", but there is no room for kallsyms_offsets and "
                                           "kallsyms_relative_base before them in the image");
                 } else {
-                    layout.relative_base_var = GuestVirtAddr{s - 8};
-                    layout.offsets = GuestVirtAddr{s - 8 - offsets_size};
-                    try {
-                        KallsymsTable table = KallsymsTable::decode(memory, layout);
-                        // decode() cannot check the base itself (every
-                        // address moves with it); it is the lowest kernel
-                        // symbol (_text), so it lies in the image.
-                        const std::uint64_t base = table.layout().relative_base;
-                        if (base < start || base >= end)
-                            corrupt("kallsyms_relative_base", s - 8,
-                                    hex(base) + " is outside the kernel image " + hex(start) + ".." + hex(end));
-                        return table;
-                    } catch (const Error& e) {
-                        if (e.kind() != ErrorKind::Guest) throw;
-                        state.note(2, found + ", but " + e.what());
-                    }
+                    old.relative_base_var = GuestVirtAddr{s - 8};
+                    old.offsets = GuestVirtAddr{s - 8 - offsets_size};
+                    if (auto table = try_decode(memory, old, start, end, found, state)) return table;
+                }
+            }
+            if (after_markers == t && offsets_after + offsets_size + 8 <= end) {
+                KallsymsLayout late = layout;
+                late.offsets = GuestVirtAddr{offsets_after};
+                if (a == 8) {
+                    // 6.4+: offsets, relative_base, seqs_of_names.
+                    late.relative_base_var = GuestVirtAddr{offsets_after + offsets_size};
+                    late.seqs_of_names = GuestVirtAddr{offsets_after + offsets_size + 8};
+                } else {
+                    // 7.0+: offsets (place-relative), seqs_of_names.
+                    late.place_relative = true;
+                    late.seqs_of_names = GuestVirtAddr{offsets_after + offsets_size};
+                }
+                if (late.seqs_of_names.value + 3 * n > end) {
+                    state.note(2, found + ", but kallsyms_seqs_of_names at " + hex(late.seqs_of_names.value) +
+                                      " would run past the image end " + hex(end));
+                } else if (auto table = try_decode(memory, late, start, end, found, state)) {
+                    return table;
                 }
             }
         }
-        if (s - floor < 8) break;
+        if (s - floor < a) break;
     }
     state.note(1, "kallsyms_token_table at " + hex(t) + " and kallsyms_token_index at " + hex(tokens.index.value) +
                       ", but no kallsyms_num_syms/names/markers in front of them");
@@ -411,19 +456,22 @@ KallsymsTable KallsymsTable::locate(VirtualMemory& memory, GuestVirtAddr image_s
                 throw Error(ErrorKind::Guest, "kallsyms: more than " + std::to_string(kMaxTokenCandidates) +
                                                   " token-table candidates in the kernel image " + hex(start) +
                                                   ".." + hex(end) + "; giving up");
-            std::optional<TokenTablePosition> tokens = token_table_at(memory, chunk + found, start, end);
-            if (!tokens) continue;
-            std::optional<KallsymsTable> table = tables_before(memory, *tokens, start, end, state);
-            if (table) return std::move(*table);
+            // 8-byte labels (up to 6.x) first, then 4-byte ones (7.0+).
+            for (unsigned alignment : {8u, 4u}) {
+                std::optional<TokenTablePosition> tokens = token_table_at(memory, chunk + found, start, end, alignment);
+                if (!tokens) continue;
+                std::optional<KallsymsTable> table = tables_before(memory, *tokens, start, end, alignment, state);
+                if (table) return std::move(*table);
+            }
         }
         if (end - chunk <= kScanChunk) break;
     }
     if (state.problem_rank == 2)
         throw Error(ErrorKind::Guest,
                     "kallsyms: " + state.problem +
-                        ". Not a 4.6-6.3 base-relative table: kernels before 4.6 or without "
-                        "CONFIG_KALLSYMS_BASE_RELATIVE (absolute addresses) and 6.4+ (offsets after "
-                        "kallsyms_token_index; 7.0 place-relative) are not supported");
+                        ". Not a table of a supported layout (base-relative 4.6-6.3 or 6.4+ order, "
+                        "place-relative 7.0+); kernels before 4.6 or without CONFIG_KALLSYMS_BASE_RELATIVE "
+                        "(absolute addresses) are not supported");
     if (state.problem_rank == 1) throw Error(ErrorKind::Guest, "kallsyms: " + state.problem);
     throw Error(ErrorKind::Guest, "kallsyms: no kallsyms_token_table (the one-character tokens \"0\"..\"9\" "
                                   "in a row) in the kernel image " +
@@ -434,9 +482,13 @@ KallsymsTable KallsymsTable::decode(VirtualMemory& memory, const KallsymsLayout&
     if (!given.base_relative)
         throw Error(ErrorKind::Guest, "kallsyms: absolute kallsyms_addresses tables (kernels before 4.6, or "
                                       "CONFIG_KALLSYMS_BASE_RELATIVE=n) are not supported");
+    if (given.label_alignment != 8 && given.label_alignment != 4)
+        throw Error(ErrorKind::Usage, "kallsyms: label alignment " + std::to_string(given.label_alignment) +
+                                          " (only 8 and 4 exist)");
     KallsymsTable result;
     KallsymsLayout& layout = result.layout_;
     layout = given;
+    const unsigned alignment = layout.label_alignment;
 
     // Counts and the base.
     const std::uint64_t n = load<std::uint32_t>(read_table(memory, layout.num_syms_var, 4, "kallsyms_num_syms"), 0);
@@ -444,8 +496,9 @@ KallsymsTable KallsymsTable::decode(VirtualMemory& memory, const KallsymsLayout&
         corrupt("kallsyms_num_syms", layout.num_syms_var.value,
                 std::to_string(n) + " is not a symbol count (1.." + std::to_string(kMaxSymbols) + ")");
     layout.num_syms = n;
-    layout.relative_base =
-        load<std::uint64_t>(read_table(memory, layout.relative_base_var, 8, "kallsyms_relative_base"), 0);
+    if (!layout.place_relative)
+        layout.relative_base =
+            load<std::uint64_t>(read_table(memory, layout.relative_base_var, 8, "kallsyms_relative_base"), 0);
 
     // Tokens.
     const std::uint64_t tt = layout.token_table.value, ti = layout.token_index.value;
@@ -456,7 +509,7 @@ KallsymsTable KallsymsTable::decode(VirtualMemory& memory, const KallsymsLayout&
     std::vector<std::byte> table_bytes = read_table(memory, layout.token_table, ti - tt, "kallsyms_token_table");
     std::vector<std::byte> index_bytes = read_table(memory, layout.token_index, kTokenIndexSize, "kallsyms_token_index");
     const Tokens tokens = parse_tokens(table_bytes, layout.token_table, index_bytes, layout.token_index);
-    if (align8(tt + tokens.end) != ti)
+    if (align_up(tt + tokens.end, alignment) != ti)
         corrupt("kallsyms_token_table", tt,
                 "the 256 tokens end at " + hex(tt + tokens.end) + ", but kallsyms_token_index is at " + hex(ti));
 
@@ -533,23 +586,34 @@ KallsymsTable KallsymsTable::decode(VirtualMemory& memory, const KallsymsLayout&
         sym.name.assign(name_buffer.data() + 1, expanded - 1);
         off += header + len;
     }
-    if (align8(names_addr + off) != layout.markers.value)
+    if (align_up(names_addr + off, alignment) != layout.markers.value)
         corrupt("kallsyms_names", names_addr,
                 "the " + std::to_string(n) + " symbols end at " + hex(names_addr + off) +
                     ", but kallsyms_markers is at " + hex(layout.markers.value));
     layout.big_symbols = big;
 
-    // Addresses: sorted, and the lowest relative one is relative_base itself.
+    // Addresses: sorted, and the lowest relative one is relative_base itself
+    // (place-relative: each from its own entry's address).
     std::vector<std::byte> offsets = read_table(memory, layout.offsets, 4 * n, "kallsyms_offsets");
     bool absolute_percpu = false;
-    for (std::uint64_t i = 0; i < n && !absolute_percpu; ++i) absolute_percpu = load<std::int32_t>(offsets, 4 * i) < 0;
+    for (std::uint64_t i = 0; i < n && !absolute_percpu && !layout.place_relative; ++i)
+        absolute_percpu = load<std::int32_t>(offsets, 4 * i) < 0;
     layout.absolute_percpu = absolute_percpu;
     bool first_relative = true;
     for (std::uint64_t i = 0; i < n; ++i) {
         const std::int32_t v = load<std::int32_t>(offsets, 4 * i);
         std::uint64_t delta = 0;
         bool relative = true;
-        if (!absolute_percpu) {
+        if (layout.place_relative) {
+            const std::uint64_t entry = layout.offsets.value + 4 * i;
+            const std::uint64_t address = entry + static_cast<std::uint64_t>(static_cast<std::int64_t>(v));
+            if ((v < 0 && address > entry) || (v > 0 && address < entry))
+                corrupt("kallsyms_offsets", entry, "symbol " + std::to_string(i) + " wraps around the address space");
+            if (first_relative) layout.relative_base = address;
+            first_relative = false;
+            relative = false;
+            result.symbols_[i].address = GuestVirtAddr{address};
+        } else if (!absolute_percpu) {
             delta = static_cast<std::uint32_t>(v);
         } else if (v >= 0) {
             relative = false;
@@ -615,9 +679,11 @@ KallsymsTable KallsymsTable::decode(VirtualMemory& memory, const KallsymsLayout&
 
     const std::uint64_t o = layout.offsets.value, r = layout.relative_base_var.value, s = layout.num_syms_var.value;
     const bool old_order = o < r && r < s && s < names_addr && layout.markers.value < tt;
-    const bool new_order = s < names_addr && ti < o && o < r;
+    const bool new_order = s < names_addr && ti < o && (layout.place_relative || o < r);
     layout.format = std::string(old_order ? "4.6-6.3 order" : new_order ? "6.4+ order" : "tables as given") +
-                    ", base-relative" + (absolute_percpu ? ", absolute per-CPU" : "") +
+                    (layout.place_relative ? ", place-relative (7.0+)" : ", base-relative") +
+                    (alignment == 4 ? ", 4-byte labels" : "") +
+                    (absolute_percpu ? ", absolute per-CPU" : "") +
                     (big ? ", " + std::to_string(big) + " two-byte lengths (6.1+)" : "") +
                     (layout.seqs_of_names.value ? ", seqs_of_names (6.2+/6.1.y)" : "");
 

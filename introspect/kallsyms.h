@@ -28,13 +28,21 @@ struct KernelSymbol {
 // absolute_percpu, big_symbols and format are outputs (filled from memory,
 // ignored on input).
 struct KallsymsLayout {
+    // relative_base_var is 0 for place-relative tables (7.0+), which have none.
     GuestVirtAddr offsets, relative_base_var, num_syms_var, names, markers, token_table, token_index;
     // kallsyms_seqs_of_names (6.2+, backported to 6.1.y stable; the Debian
     // 6.1 kernels have it); address 0 = the kernel has none.
     GuestVirtAddr seqs_of_names;
+    // kallsyms_relative_base; for place-relative tables, the lowest symbol
+    // address (what resolve() takes as the start of kernel symbols).
     std::uint64_t relative_base = 0;
     std::uint64_t num_syms = 0;
     bool base_relative = true;     // CONFIG_KALLSYMS_BASE_RELATIVE (must be true: the only kind decoded)
+    // Input: 7.0+ tables, where offsets[i] is the s32 distance from
+    // &offsets[i] to the symbol (no kallsyms_relative_base).
+    bool place_relative = false;
+    // Input: every label's alignment: 8 up to 6.x on 64-bit, 4 from 7.0.
+    unsigned label_alignment = 8;
     bool absolute_percpu = false;  // CONFIG_KALLSYMS_ABSOLUTE_PERCPU (seen in the offsets' signs)
     std::uint64_t big_symbols = 0; // names stored with a two-byte length (6.1+)
     std::string format;            // e.g. "4.6-6.3 order, base-relative, absolute per-CPU, seqs_of_names"

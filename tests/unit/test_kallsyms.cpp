@@ -51,6 +51,9 @@ struct EncodeOptions {
     bool seqs_of_names = true;
     bool absolute_percpu = true;
     bool order_6_4 = false;         // 6.4+: num_syms names markers tokens index offsets base seqs
+    // 7.0+: num_syms names markers tokens index offsets seqs, every label
+    // 4-aligned, offsets place-relative (implies order_6_4, no absolute per-CPU).
+    bool place_relative = false;
     std::size_t text_before = 96 * 1024;  // filler before the tables
     std::size_t after = 8 * 1024;          // filler after them
 };
@@ -62,8 +65,8 @@ struct Encoded {
     std::uint64_t big_symbols = 0;
 };
 
-void align8(std::vector<std::byte>& v) {
-    while (v.size() % 8) v.push_back(std::byte{0});
+void align_to(std::vector<std::byte>& v, std::size_t alignment) {
+    while (v.size() % alignment) v.push_back(std::byte{0});
 }
 template <typename T>
 void put(std::vector<std::byte>& v, T value) {
@@ -180,8 +183,9 @@ Encoded encode(const std::vector<Sym>& syms, const EncodeOptions& opt = {}, std:
     std::vector<std::byte>& img = e.memory.bytes;
     filler(img, opt.text_before, rng);
     auto here = [&] { return GuestVirtAddr{kBase + img.size()}; };
+    const std::size_t alignment = opt.place_relative ? 4 : 8;
     auto emit = [&](GuestVirtAddr& where, const std::vector<std::byte>& table) {
-        align8(img);
+        align_to(img, alignment);
         where = here();
         img.insert(img.end(), table.begin(), table.end());
     };
@@ -189,7 +193,24 @@ Encoded encode(const std::vector<Sym>& syms, const EncodeOptions& opt = {}, std:
     put(base_bytes, relative_base);
     put(count_bytes, static_cast<std::uint32_t>(n));
     KallsymsLayout& l = e.layout;
-    if (!opt.order_6_4) {
+    if (opt.place_relative) {
+        // Odd filler so that 4- and 8-alignment differ somewhere.
+        img.push_back(std::byte{0x5a});
+        emit(l.num_syms_var, count_bytes);
+        emit(l.names, names);
+        emit(l.markers, markers);
+        emit(l.token_table, token_table);
+        emit(l.token_index, token_index);
+        emit(l.offsets, offsets);
+        for (std::uint64_t i = 0; i < n; ++i)  // offsets[i] = symbol - &offsets[i]
+            poke<std::int32_t>(e.memory, l.offsets.value + 4 * i,
+                               static_cast<std::int32_t>(static_cast<std::int64_t>(syms[i].address) -
+                                                         static_cast<std::int64_t>(l.offsets.value + 4 * i)));
+        if (opt.seqs_of_names) emit(l.seqs_of_names, seqs);
+        l.place_relative = true;
+        l.label_alignment = 4;
+        relative_base = syms.front().address;
+    } else if (!opt.order_6_4) {
         emit(l.offsets, offsets);
         emit(l.relative_base_var, base_bytes);
         emit(l.num_syms_var, count_bytes);
@@ -208,7 +229,7 @@ Encoded encode(const std::vector<Sym>& syms, const EncodeOptions& opt = {}, std:
         emit(l.relative_base_var, base_bytes);
         if (opt.seqs_of_names) emit(l.seqs_of_names, seqs);
     }
-    align8(img);
+    align_to(img, alignment);
     filler(img, opt.after, rng);
     l.num_syms = n;
     l.relative_base = relative_base;
@@ -274,6 +295,8 @@ void expect_same_layout(const KallsymsLayout& a, const KallsymsLayout& b) {
     EXPECT_EQ(a.token_index, b.token_index);
     EXPECT_EQ(a.num_syms, b.num_syms);
     EXPECT_EQ(a.relative_base, b.relative_base);
+    EXPECT_EQ(a.place_relative, b.place_relative);
+    EXPECT_EQ(a.label_alignment, b.label_alignment);
 }
 
 // The Error(Guest) message of `f`, or a test failure.
@@ -419,22 +442,75 @@ TEST(Kallsyms, ResolveLikePercentPS) {
     EXPECT_TRUE(table.resolve(GuestVirtAddr{syms.back().address}).has_value());
 }
 
-// ---- unsupported layouts ----
+// ---- later layouts: 6.4+ order, 6.15 without absolute per-CPU, 7.0 place-relative ----
 
-TEST(Kallsyms, RefusesThe64Order) {
+std::vector<Sym> without_absolute(std::vector<Sym> syms) {
+    syms.erase(std::remove_if(syms.begin(), syms.end(), [](const Sym& s) { return s.absolute; }), syms.end());
+    return syms;
+}
+
+TEST(Kallsyms, LocatesThe64Order) {
     std::vector<Sym> syms = kernel_like_symbols(1000);
     EncodeOptions opt;
     opt.order_6_4 = true;
     Encoded e = encode(syms, opt);
-    std::string msg = guest_error([&] { KallsymsTable::locate(e.memory, GuestVirtAddr{kBase}, image_size(e)); });
-    EXPECT_NE(msg.find("kallsyms_names at " + hex(e.layout.names.value)), std::string::npos) << msg;
-    EXPECT_NE(msg.find("6.4+"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("not supported"), std::string::npos) << msg;
-    // The encoding itself is the same, so decode() with known addresses works.
-    KallsymsTable table = KallsymsTable::decode(e.memory, e.layout);
+    KallsymsTable table = KallsymsTable::locate(e.memory, GuestVirtAddr{kBase}, image_size(e));
+    expect_same_layout(table.layout(), e.layout);
+    EXPECT_TRUE(table.layout().absolute_percpu);
+    EXPECT_NE(table.layout().format.find("6.4+ order"), std::string::npos) << table.layout().format;
+    EXPECT_NE(table.layout().format.find("base-relative"), std::string::npos) << table.layout().format;
     expect_round_trip(table, syms);
-    EXPECT_NE(table.layout().format.find("6.4+ order"), std::string::npos);
 }
+
+TEST(Kallsyms, LocatesThe615OrderWithoutAbsolutePercpu) {
+    std::vector<Sym> syms = without_absolute(kernel_like_symbols(1000, 3));
+    EncodeOptions opt;
+    opt.order_6_4 = true;
+    opt.absolute_percpu = false;
+    Encoded e = encode(syms, opt);
+    KallsymsTable table = KallsymsTable::locate(e.memory, GuestVirtAddr{kBase}, image_size(e));
+    expect_same_layout(table.layout(), e.layout);
+    EXPECT_FALSE(table.layout().absolute_percpu);
+    expect_round_trip(table, syms);
+}
+
+TEST(Kallsyms, LocatesThe70PlaceRelativeTables) {
+    // Several seeds and sizes, so that the 4-aligned labels land both on and
+    // off 8-byte boundaries.
+    for (std::uint64_t seed : {1u, 2u, 3u, 4u}) {
+        std::vector<Sym> syms = without_absolute(kernel_like_symbols(700 + 131 * seed, seed));
+        EncodeOptions opt;
+        opt.place_relative = true;
+        opt.text_before += seed * 4;
+        Encoded e = encode(syms, opt, seed);
+        KallsymsTable table = KallsymsTable::locate(e.memory, GuestVirtAddr{kBase}, image_size(e));
+        expect_same_layout(table.layout(), e.layout);
+        EXPECT_TRUE(table.layout().place_relative);
+        EXPECT_EQ(table.layout().relative_base_var.value, 0u);
+        EXPECT_EQ(table.layout().label_alignment, 4u);
+        EXPECT_NE(table.layout().format.find("place-relative"), std::string::npos) << table.layout().format;
+        expect_round_trip(table, syms);
+        EXPECT_EQ(table.resolve(GuestVirtAddr{syms[5].address + 1})->offset, 1u);
+    }
+}
+
+TEST(Kallsyms, PlaceRelativeOffsetsOutOfOrderAreCorrupt) {
+    std::vector<Sym> syms = without_absolute(kernel_like_symbols(600));
+    EncodeOptions opt;
+    opt.place_relative = true;
+    Encoded e = encode(syms, opt);
+    // Symbol 100 now points 64 KiB below its predecessor.
+    const std::uint64_t entry = e.layout.offsets.value + 4 * 100;
+    poke<std::int32_t>(e.memory, entry, peek<std::int32_t>(e.memory, entry) - 0x10000);
+    std::string msg = guest_error([&] { KallsymsTable::decode(e.memory, e.layout); });
+    EXPECT_NE(msg.find("kallsyms_offsets at " + hex(entry)), std::string::npos) << msg;
+    EXPECT_NE(msg.find("not sorted"), std::string::npos) << msg;
+    // locate() finds the shape but refuses it, saying why.
+    msg = guest_error([&] { KallsymsTable::locate(e.memory, GuestVirtAddr{kBase}, image_size(e)); });
+    EXPECT_NE(msg.find("not sorted"), std::string::npos) << msg;
+}
+
+// ---- unsupported layouts ----
 
 TEST(Kallsyms, RefusesAbsoluteAddressTables) {
     std::vector<Sym> syms = kernel_like_symbols(600);
