@@ -1,6 +1,10 @@
 #include "introspect/guest_kernel.h"
 
+#include <algorithm>
+#include <utility>
+
 #include "hvpatch/error.h"
+#include "introspect/kernel_constants.h"
 
 namespace hvpatch {
 namespace {
@@ -61,10 +65,49 @@ std::uint64_t GuestKernel::per_cpu_offset(int cpu) {
     return memory_->read_u64(GuestVirtAddr{symbol("__per_cpu_offset") + 8ULL * static_cast<unsigned>(cpu)});
 }
 
+namespace {
+// Per-CPU variables that some kernels keep as a member of another per-CPU
+// structure, with no symbol of their own: 6.2-6.14 put the hottest ones in
+// struct pcpu_hot (arch/x86/include/asm/current.h); up to 6.1 (5.10 here)
+// cpu_current_top_of_stack is a macro for cpu_tss_rw.x86_tss.sp1
+// (arch/x86/include/asm/processor.h).
+struct PerCpuMember {
+    std::string_view variable, symbol, type, member;
+};
+constexpr PerCpuMember kPerCpuMembers[] = {
+    {"current_task", "pcpu_hot", "pcpu_hot", "current_task"},
+    {"__preempt_count", "pcpu_hot", "pcpu_hot", "preempt_count"},
+    {"cpu_number", "pcpu_hot", "pcpu_hot", "cpu_number"},
+    {"cpu_current_top_of_stack", "pcpu_hot", "pcpu_hot", "top_of_stack"},
+    {"cpu_current_top_of_stack", "cpu_tss_rw", "tss_struct", "x86_tss.sp1"},
+    {"hardirq_stack_ptr", "pcpu_hot", "pcpu_hot", "hardirq_stack_ptr"},
+    {"hardirq_stack_inuse", "pcpu_hot", "pcpu_hot", "hardirq_stack_inuse"},
+};
+}  // namespace
+
+std::optional<std::uint64_t> GuestKernel::find_per_cpu_variable(std::string_view name) const {
+    if (auto own = find_symbol(name)) return own;
+    for (const PerCpuMember& m : kPerCpuMembers) {
+        if (m.variable != name) continue;
+        auto holder = find_symbol(m.symbol);
+        auto field = btf_->find_member(m.type, m.member);
+        if (holder && field) return *holder + field->offset;
+    }
+    return std::nullopt;
+}
+
+std::uint64_t GuestKernel::per_cpu_variable(std::string_view name) const {
+    if (auto at = find_per_cpu_variable(name)) return *at;
+    std::string elsewhere;
+    for (const PerCpuMember& m : kPerCpuMembers)
+        if (m.variable == name) elsewhere += std::string(elsewhere.empty() ? "" : ", ") + std::string(m.symbol) + "." +
+                                             std::string(m.member);
+    throw Error(ErrorKind::Guest, "the guest kernel has no per-CPU variable '" + std::string(name) + "'" +
+                                      (elsewhere.empty() ? "" : " (no symbol of that name, nor " + elsewhere + ")"));
+}
+
 std::uint64_t GuestKernel::per_cpu(std::string_view name, int cpu) {
-    // With CONFIG_KALLSYMS_ABSOLUTE_PERCPU per-CPU symbols are offsets into
-    // the per-CPU area; the address on a CPU adds that CPU's offset.
-    return per_cpu_offset(cpu) + symbol(name);
+    return per_cpu_offset(cpu) + per_cpu_variable(name);
 }
 
 void GuestKernel::anchor_on_init_mm() {
@@ -82,6 +125,31 @@ void GuestKernel::anchor_on_init_mm() {
         throw Error(ErrorKind::Guest, "init_top_pgt at " + hex(*pgd) + " maps _text elsewhere than the vCPU's tables");
     memory_ = std::move(anchored);
     tables_.cr3 = phys;
+}
+
+void GuestKernel::read_stack_top_padding() {
+    // cpu_current_top_of_stack is task_top_of_stack(current) on each CPU:
+    // task->stack + THREAD_SIZE - TOP_OF_KERNEL_STACK_PADDING; stacks are
+    // THREAD_SIZE-aligned (vmalloc'd with THREAD_ALIGN, init_stack too), so
+    // the padding is what the top lacks to the next boundary. Every CPU
+    // must agree.
+    auto top_of_stack = find_per_cpu_variable("cpu_current_top_of_stack");
+    if (!top_of_stack) return;  // left at 0; the unwinder's check then fails loudly on FRED kernels
+    std::optional<std::uint64_t> padding;
+    for (int cpu = 0; cpu < info_.nr_cpu_ids; ++cpu) {
+        const std::uint64_t top = memory_->read_u64(GuestVirtAddr{per_cpu_offset(cpu) + *top_of_stack});
+        const std::uint64_t pad = (kconst::kThreadSize - top % kconst::kThreadSize) % kconst::kThreadSize;
+        if (pad % 8 != 0 || pad > kMaxStackTopPadding)
+            throw Error(ErrorKind::Guest, "cpu_current_top_of_stack of CPU " + std::to_string(cpu) + " is " + hex(top) +
+                                              ", not a task stack's top (" + std::to_string(pad) +
+                                              " bytes below a 16 KiB boundary)");
+        if (padding && *padding != pad)
+            throw Error(ErrorKind::Guest, "cpu_current_top_of_stack leaves " + std::to_string(pad) + " bytes on CPU " +
+                                              std::to_string(cpu) + " but " + std::to_string(*padding) +
+                                              " on CPU 0");
+        padding = pad;
+    }
+    info_.stack_top_padding = padding.value_or(0);
 }
 
 void GuestKernel::read_info() {
@@ -109,6 +177,7 @@ void GuestKernel::read_info() {
     info.nr_cpu_ids = static_cast<int>(memory_->read_u32(GuestVirtAddr{symbol("nr_cpu_ids")}));
     if (info.nr_cpu_ids <= 0 || info.nr_cpu_ids > kMaxCpus)
         throw Error(ErrorKind::Guest, "nr_cpu_ids reads " + std::to_string(info.nr_cpu_ids));
+    read_stack_top_padding();
     if (auto target = find_symbol("klp_target_state")) {
         info.livepatch = true;
         info.klp_target_state = static_cast<std::int32_t>(memory_->read_u32(GuestVirtAddr{*target}));

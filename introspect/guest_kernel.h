@@ -34,7 +34,14 @@ struct KernelInfo {
     bool livepatch = false;             // CONFIG_LIVEPATCH: klp_* symbols exist
     bool livepatch_transition = false;  // klp_transition_patch != NULL
     int klp_target_state = -1;
+    // TOP_OF_KERNEL_STACK_PADDING: bytes between the user-mode pt_regs and
+    // the end of a task's stack (16 with CONFIG_X86_FRED, 7.x; 0 before),
+    // measured from cpu_current_top_of_stack.
+    std::uint64_t stack_top_padding = 0;
 };
+
+// The largest TOP_OF_KERNEL_STACK_PADDING accepted (x86-64 uses 0 or 16).
+inline constexpr std::uint64_t kMaxStackTopPadding = 64;
 
 class GuestKernel {
 public:
@@ -54,13 +61,27 @@ public:
     // Address of a vmlinux symbol; throws Error(Guest) if absent.
     std::uint64_t symbol(std::string_view name) const;
     std::optional<std::uint64_t> find_symbol(std::string_view name) const;
-    // Address of a per-CPU variable (a per-CPU kallsyms symbol) on `cpu`.
+    // A per-CPU variable's place in every CPU's area: &var on a CPU is this
+    // plus __per_cpu_offset[cpu], and %gs:this reads it on the running CPU.
+    // Up to 6.14 it is the symbol's zero-based offset; from 6.15 the
+    // symbol's address in the image's .data..percpu (then
+    // __per_cpu_offset[cpu] is the area minus __per_cpu_start), so the rule
+    // is the same. From 6.2 to 6.14 the hottest variables (current_task,
+    // __preempt_count, cpu_number, cpu_current_top_of_stack,
+    // hardirq_stack_ptr, hardirq_stack_inuse) are members of struct
+    // pcpu_hot and have no symbol: they resolve to pcpu_hot plus the
+    // member's offset from the guest's BTF.
+    std::optional<std::uint64_t> find_per_cpu_variable(std::string_view name) const;
+    // As find_per_cpu_variable, or Error(Guest) naming both places looked at.
+    std::uint64_t per_cpu_variable(std::string_view name) const;
+    // Address of a per-CPU variable on `cpu`.
     std::uint64_t per_cpu(std::string_view name, int cpu);
     std::uint64_t per_cpu_offset(int cpu);
 
 private:
     GuestKernel(Machine& machine, KernelPageTables tables);
     void read_info();
+    void read_stack_top_padding();
     void anchor_on_init_mm();
 
     Machine& machine_;

@@ -286,17 +286,88 @@ const char* to_string(OrcFormat format) {
     switch (format) {
         case OrcFormat::V1: return "v1 (4.14-6.2)";
         case OrcFormat::V2: return "v2 (6.3)";
-        case OrcFormat::V3: return "v3 (6.4+)";
+        case OrcFormat::V3: return "v3 (6.4-6.x)";
+        case OrcFormat::V4: return "v4 (7.x registers)";
     }
     return "?";
 }
 
-OrcFormat orc_format_for_kernel(int major, int minor, bool has_orc_header) {
-    if (has_orc_header) return OrcFormat::V3;
-    if (major > 6 || (major == 6 && minor >= 4)) return OrcFormat::V3;
+namespace {
+// The hashes scripts/orc_hash.sh gives, computed from the orc_types.h of
+// Linux 6.12 and 7.2 (Debian's linux-source packages) and matching the
+// .orc_header of Debian's 6.12.95 and 7.2.12 images.
+constexpr OrcHeader kHeaderV3 = {0xfe, 0x5d, 0x32, 0xbf, 0x58, 0x1b, 0xd6, 0x3b, 0x2c, 0xa9,
+                                 0xa5, 0xc6, 0x5b, 0xa5, 0xa6, 0x25, 0xea, 0xb3, 0xfe, 0x24};
+constexpr OrcHeader kHeaderV4 = {0x13, 0x7c, 0x36, 0xad, 0x76, 0x27, 0xc4, 0xdd, 0x55, 0x93,
+                                 0x21, 0x76, 0xbb, 0x0e, 0xcd, 0xbd, 0x50, 0x41, 0xfc, 0x82};
+}  // namespace
+
+std::optional<OrcFormat> orc_format_of_header(const OrcHeader& header) {
+    if (header == kHeaderV3) return OrcFormat::V3;
+    if (header == kHeaderV4) return OrcFormat::V4;
+    return std::nullopt;
+}
+
+std::string to_hex(const OrcHeader& header) {
+    static constexpr char kDigits[] = "0123456789abcdef";
+    std::string out;
+    for (std::uint8_t b : header) {
+        out += kDigits[b >> 4];
+        out += kDigits[b & 0xf];
+    }
+    return out;
+}
+
+OrcFormat orc_format_for_kernel(int major, int minor, const std::optional<OrcHeader>& header) {
+    if (header) {
+        if (auto format = orc_format_of_header(*header)) return *format;
+        throw Error(ErrorKind::Guest, "the guest's ORC format is not one hvpatch knows (.orc_header hash " +
+                                          to_hex(*header) + "; known: " + to_hex(kHeaderV3) + " = 6.4-6.x, " +
+                                          to_hex(kHeaderV4) + " = 7.x)");
+    }
+    if (major > 6 || (major == 6 && minor >= 4))
+        throw Error(ErrorKind::Guest, "the guest kernel (" + std::to_string(major) + "." + std::to_string(minor) +
+                                          ") has no .orc_header to tell its ORC format by");
     if (major == 6 && minor == 3) return OrcFormat::V2;
     return OrcFormat::V1;
 }
+
+namespace {
+// Raw 4-bit register numbers to orc_reg:: (normalised).
+std::uint8_t normalise_register(unsigned raw, OrcFormat format) {
+    if (format == OrcFormat::V4) {
+        // 7.x: UNDEFINED 0, AX 1, DX 2, SP 3, BP 4, DI 5, R10 6, R13 7,
+        // PREV_SP 8, SP_INDIRECT 9, BP_INDIRECT 10.
+        static constexpr std::uint8_t kMap[16] = {
+            orc_reg::kUndefined, orc_reg::kAx,       orc_reg::kDx,         orc_reg::kSp,
+            orc_reg::kBp,        orc_reg::kDi,       orc_reg::kR10,        orc_reg::kR13,
+            orc_reg::kPrevSp,    orc_reg::kSpIndirect, orc_reg::kBpIndirect, orc_reg::kUnknown,
+            orc_reg::kUnknown,   orc_reg::kUnknown,  orc_reg::kUnknown,    orc_reg::kUnknown};
+        return kMap[raw & 0xf];
+    }
+    return raw <= orc_reg::kSpIndirect ? static_cast<std::uint8_t>(raw) : orc_reg::kUnknown;
+}
+
+unsigned raw_register(std::uint8_t reg, OrcFormat format) {
+    if (format == OrcFormat::V4) {
+        switch (reg) {
+            case orc_reg::kUndefined: return 0;
+            case orc_reg::kAx: return 1;
+            case orc_reg::kDx: return 2;
+            case orc_reg::kSp: return 3;
+            case orc_reg::kBp: return 4;
+            case orc_reg::kDi: return 5;
+            case orc_reg::kR10: return 6;
+            case orc_reg::kR13: return 7;
+            case orc_reg::kPrevSp: return 8;
+            case orc_reg::kSpIndirect: return 9;
+            case orc_reg::kBpIndirect: return 10;
+            default: return 15;
+        }
+    }
+    return reg <= orc_reg::kSpIndirect ? reg : 15;
+}
+}  // namespace
 
 OrcEntry decode_orc_entry(const std::byte raw[6], OrcFormat format) {
     auto u16 = [raw](int i) {
@@ -307,9 +378,9 @@ OrcEntry decode_orc_entry(const std::byte raw[6], OrcFormat format) {
     e.bp_offset = static_cast<std::int16_t>(u16(2));
     std::uint16_t flags = u16(4);
     e.raw_flags = flags;
-    e.sp_reg = flags & 0xf;
-    e.bp_reg = (flags >> 4) & 0xf;
-    if (format == OrcFormat::V3) {
+    e.sp_reg = normalise_register(flags & 0xf, format);
+    e.bp_reg = normalise_register((flags >> 4) & 0xf, format);
+    if (format == OrcFormat::V3 || format == OrcFormat::V4) {
         switch ((flags >> 8) & 7) {
             case 0: e.type = OrcEntry::Type::Undefined; break;
             case 1: e.type = OrcEntry::Type::EndOfStack; break;
@@ -338,8 +409,8 @@ OrcEntry decode_orc_entry(const std::byte raw[6], OrcFormat format) {
 }
 
 std::array<std::byte, 6> encode_orc_entry(const OrcEntry& e, OrcFormat format) {
-    std::uint16_t flags = (e.sp_reg & 0xf) | (e.bp_reg & 0xf) << 4;
-    if (format == OrcFormat::V3) {
+    std::uint16_t flags = static_cast<std::uint16_t>(raw_register(e.sp_reg, format) | raw_register(e.bp_reg, format) << 4);
+    if (format == OrcFormat::V3 || format == OrcFormat::V4) {
         unsigned type = 7;
         switch (e.type) {
             case OrcEntry::Type::Undefined: type = 0; break;
@@ -453,6 +524,7 @@ UnwindLayouts UnwindLayouts::x86_64() {
     l.regs_r13 = 2 * 8;
     l.regs_bp = 4 * 8;
     l.regs_r10 = 7 * 8;
+    l.regs_ax = 10 * 8;
     l.regs_dx = 12 * 8;
     l.regs_di = 14 * 8;
     l.regs_orig_ax = 15 * 8;
@@ -476,7 +548,7 @@ std::string layout_problem(const UnwindLayouts& l) {
     constexpr std::uint64_t kMax = 4096;
     if (l.pt_regs_size < 8 || l.pt_regs_size > kMax) return "pt_regs size " + std::to_string(l.pt_regs_size);
     for (std::uint64_t off : {l.regs_ip, l.regs_sp, l.regs_bp, l.regs_cs, l.regs_flags, l.regs_orig_ax, l.regs_r10,
-                              l.regs_r13, l.regs_di, l.regs_dx})
+                              l.regs_r13, l.regs_di, l.regs_dx, l.regs_ax})
         if (off % 8 != 0 || off + 8 > l.pt_regs_size) return "pt_regs member at offset " + std::to_string(off);
     // The iret frame (ip, cs, flags, sp, ss) is the tail of pt_regs:
     // IRET_FRAME_OFFSET = offsetof(ip).
@@ -586,7 +658,7 @@ private:
         RegsKind kind = RegsKind::None;
         std::uint64_t addr = 0;  // Guest: the pt_regs address (partial: sp - IRET_FRAME_OFFSET)
     };
-    enum class Reg { Bp, R10, R13, Di, Dx };
+    enum class Reg { Bp, R10, R13, Di, Dx, Ax };
 
     using Key = std::pair<StackType, std::string>;
 
@@ -656,6 +728,7 @@ private:
             case Reg::R13: return l_.regs_r13;
             case Reg::Di: return l_.regs_di;
             case Reg::Dx: return l_.regs_dx;
+            case Reg::Ax: return l_.regs_ax;
         }
         return 0;
     }
@@ -666,6 +739,7 @@ private:
             case Reg::R13: return s_.r13;
             case Reg::Di: return s_.di;
             case Reg::Dx: return s_.dx;
+            case Reg::Ax: return s_.ax;
         }
         return 0;
     }
@@ -696,9 +770,12 @@ private:
         if (regs_.kind != RegsKind::Guest) return failed("user-mode registers without a pt_regs frame");
         std::uint64_t end = regs_.addr + l_.pt_regs_size;
         std::optional<StackArea> a = area_for(end - 8);
-        if (!a || a->end != end)
+        const std::uint64_t padding = a && a->type == StackType::Task ? c_.task_stack_padding : 0;
+        if (!a || a->end - padding != end)
             return failed("user-mode pt_regs at " + hex(regs_.addr) + " are not at the top of " +
-                          (a ? "the " + a->name + " stack (top " + hex(a->end) + ")" : std::string("a stack")));
+                          (a ? "the " + a->name + " stack (top " + hex(a->end) +
+                                   (padding ? " less " + std::to_string(padding) + " bytes of padding" : "") + ")"
+                             : std::string("a stack")));
         if (a->type == StackType::Irq)
             return failed("user-mode pt_regs at " + hex(regs_.addr) + " on the IRQ stack");
         result_.reliable = true;
@@ -814,8 +891,11 @@ private:
             case orc_reg::kDx:
                 if (!from_reg(Reg::Dx, "RDX")) return Step::Error;
                 break;
+            case orc_reg::kAx:
+                if (!from_reg(Reg::Ax, "RAX")) return Step::Error;
+                break;
             default:
-                fail("unknown ORC SP base register " + std::to_string(orc->sp_reg) + " for " + hex(at));
+                fail("unknown ORC SP base register " + std::to_string(orc->raw_flags & 0xf) + " for " + hex(at));
                 return Step::Error;
         }
         if (indirect) {
@@ -887,7 +967,7 @@ private:
                 break;
             }
             default:
-                fail("unknown ORC BP base register " + std::to_string(orc->bp_reg) + " for " + hex(at));
+                fail("unknown ORC BP base register " + std::to_string((orc->raw_flags >> 4) & 0xf) + " for " + hex(at));
                 return Step::Error;
         }
 

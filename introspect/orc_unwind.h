@@ -28,7 +28,11 @@
 
 namespace hvpatch {
 
-// ORC_REG_* (arch/x86/include/asm/orc_types.h; the same numbers 4.14..6.x).
+// The base registers of an ORC entry, normalised: these are ORC_REG_* of
+// 4.14..6.x (arch/x86/include/asm/orc_types.h); decode_orc_entry() maps the
+// renumbered registers of the 7.x format onto them (kAx, new in 7.x, has no
+// number of its own before: it gets one outside the 4-bit field), and a
+// number the guest's format does not define onto kUnknown.
 namespace orc_reg {
 inline constexpr std::uint8_t kUndefined = 0;
 inline constexpr std::uint8_t kPrevSp = 1;
@@ -40,6 +44,8 @@ inline constexpr std::uint8_t kR10 = 6;
 inline constexpr std::uint8_t kR13 = 7;
 inline constexpr std::uint8_t kBpIndirect = 8;
 inline constexpr std::uint8_t kSpIndirect = 9;
+inline constexpr std::uint8_t kAx = 16;
+inline constexpr std::uint8_t kUnknown = 0xff;
 }  // namespace orc_reg
 
 // ORC entry normalised to one in-memory form (the 6.4+ meaning) whatever
@@ -66,15 +72,30 @@ struct OrcEntry {
 const char* to_string(OrcEntry::Type type);
 
 // Guest ORC formats (see orc_unwind.cpp's header for the history).
-enum class OrcFormat { V1 /* 4.14..6.2 */, V2 /* 6.3 */, V3 /* 6.4+ */ };
+enum class OrcFormat {
+    V1 /* 4.14..6.2 */,
+    V2 /* 6.3 */,
+    V3 /* 6.4..6.x */,
+    V4 /* 7.x: V3's bits, registers renumbered (AX added) */
+};
 const char* to_string(OrcFormat format);
 
+// The 20-byte `.orc_header` of 6.4+ images (__start_orc_header..
+// __stop_orc_header; modules carry one too): the SHA-1 that
+// scripts/orc_hash.sh takes of orc_types.h's ORC_REG_*/ORC_TYPE_* defines
+// and struct orc_entry, so it names the format exactly.
+using OrcHeader = std::array<std::uint8_t, 20>;
+// The format a header names; nullopt for a hash hvpatch does not know.
+std::optional<OrcFormat> orc_format_of_header(const OrcHeader& header);
+std::string to_hex(const OrcHeader& header);
+
 // How a caller tells the format: a 6.4+ image carries the `.orc_header`
-// section (symbol `__start_orc_header`, a hash of orc_types.h); without
-// it, the version from the banner (linux_banner / init_uts_ns) separates
-// 6.3 (V2) from older kernels (V1). The header wins over the version (a
-// vendor backport of the 6.4 format carries it too).
-OrcFormat orc_format_for_kernel(int major, int minor, bool has_orc_header);
+// section, whose hash decides (an unknown hash is Error(Guest): never a
+// guess); without it, the version from the banner (linux_banner /
+// init_uts_ns) separates 6.3 (V2) from older kernels (V1). The header wins
+// over the version (a vendor backport of the 6.4 format carries it too).
+// A kernel of 6.4 or later without a header is Error(Guest).
+OrcFormat orc_format_for_kernel(int major, int minor, const std::optional<OrcHeader>& header);
 
 OrcEntry decode_orc_entry(const std::byte raw[6], OrcFormat format);
 // The inverse, for synthetic tables (tests, fuzzing). Undefined and
@@ -170,6 +191,7 @@ struct UnwindLayouts {
     std::uint64_t pt_regs_size = 0;
     std::uint64_t regs_ip = 0, regs_sp = 0, regs_bp = 0, regs_cs = 0, regs_flags = 0, regs_orig_ax = 0;
     std::uint64_t regs_r10 = 0, regs_r13 = 0, regs_di = 0, regs_dx = 0;  // ORC_REG_R10/R13/DI/DX
+    std::uint64_t regs_ax = 0;  // ORC_REG_AX (7.x)
     std::uint64_t frame_size = 0, frame_bp = 0, frame_ret_addr = 0;  // inactive_task_frame
     static UnwindLayouts x86_64();
 };
@@ -182,7 +204,7 @@ struct UnwindStart {
     // on those registers). False for a sleeping task: sp is
     // task->thread.sp and ip/bp are read from its inactive_task_frame.
     bool from_vcpu = false;
-    std::uint64_t cs = 0, di = 0, dx = 0, r10 = 0, r13 = 0;
+    std::uint64_t cs = 0, di = 0, dx = 0, r10 = 0, r13 = 0, ax = 0;
     // A sleeping-task walk of a task with task->on_cpu set is refused, as
     // the kernel's __unwind_start does (task_on_another_cpu): the task is
     // mid context switch or running, and thread.sp is stale.
@@ -245,6 +267,9 @@ struct UnwindContext {
     // get_stack_info_noinstr() looks at other stacks only for `current`.
     std::function<std::optional<StackArea>(std::uint64_t sp)> stack_of;
     std::uint64_t ret_from_fork = 0;  // address of ret_from_fork (ret_from_fork_asm in 6.6+)
+    // TOP_OF_KERNEL_STACK_PADDING: a user task's pt_regs end this many
+    // bytes below its task stack's end (16 on FRED-capable 7.x builds).
+    std::uint64_t task_stack_padding = 0;
     // Livepatch's own limit is MAX_STACK_ENTRIES = 100 (a full buffer is an
     // error there); more frames than this → unreliable.
     std::size_t max_frames = 256;

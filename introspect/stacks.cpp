@@ -34,11 +34,14 @@ std::vector<StackArea> stack_areas(const StackInputs& in) {
     std::vector<StackArea> out;
     if (auto a = task_stack_area(in.task_stack, in.thread_size)) out.push_back(*a);
 
-    // in_irq_stack(): end = hardirq_stack_ptr + 8 (the pointer is the
-    // top-most word, which holds the interrupted stack pointer).
+    // in_irq_stack(): 5.6+ point hardirq_stack_ptr at the top-most word
+    // (end = ptr + 8; that word holds the interrupted stack pointer);
+    // 5.10's irq_64.c points it at the end itself. The stack is page-
+    // aligned (vmap'd or per-CPU IRQ_STACK_SIZE), so the low bits tell.
     if (in.hardirq_stack_ptr != 0) {
-        std::uint64_t end = in.hardirq_stack_ptr + 8;
-        if (end > in.hardirq_stack_ptr && end >= in.irq_stack_size)
+        const std::uint64_t low = in.hardirq_stack_ptr % kPageSize;
+        std::uint64_t end = low == kPageSize - 8 ? in.hardirq_stack_ptr + 8 : low == 0 ? in.hardirq_stack_ptr : 0;
+        if (end > in.irq_stack_size)
             if (auto a = area(StackType::Irq, "IRQ", end - in.irq_stack_size, in.irq_stack_size)) out.push_back(*a);
     }
 

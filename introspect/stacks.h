@@ -63,7 +63,7 @@ struct StackInputs {
     std::uint64_t task_stack = 0;            // task->stack
     std::uint64_t hardirq_stack_ptr = 0;     // per_cpu(hardirq_stack_ptr, cpu)
     std::uint64_t cea_exception_stacks = 0;  // per_cpu(cea_exception_stacks, cpu)
-    std::uint64_t entry_stack = 0;           // entry_stack_address(cpu_entry_area_address(...))
+    std::uint64_t entry_stack = 0;           // &cpu_entry_area->entry_stack_page (see task_stacks.cpp)
     // Sizes: the 6.1 defaults; KASAN kernels double the first three.
     std::uint64_t thread_size = kThreadSize;
     std::uint64_t irq_stack_size = kIrqStackSize;

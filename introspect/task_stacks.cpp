@@ -16,6 +16,21 @@ int kernel_minor(const std::string& release, int* major) {
 
 }  // namespace
 
+OrcFormat guest_orc_format(GuestKernel& kernel) {
+    int major = 0;
+    int minor = kernel_minor(kernel.info().release, &major);
+    std::optional<OrcHeader> header;
+    if (auto start = kernel.find_symbol("__start_orc_header")) {
+        const std::uint64_t stop = kernel.symbol("__stop_orc_header");
+        if (stop - *start != std::tuple_size_v<OrcHeader>)
+            throw Error(ErrorKind::Guest, ".orc_header at " + hex(*start) + " is " + std::to_string(stop - *start) +
+                                              " bytes (__stop_orc_header " + hex(stop) + "), not a 20-byte hash");
+        header.emplace();
+        kernel.memory().read(GuestVirtAddr{*start}, std::as_writable_bytes(std::span(*header)));
+    }
+    return orc_format_for_kernel(major, minor, header);
+}
+
 std::string ResolvedFrame::describe() const {
     if (symbol.empty()) return hex(frame.ip.value);
     std::string s = symbol + "+" + hex_short(offset) + "/" + hex_short(size);
@@ -52,8 +67,6 @@ StackWalker::StackWalker(GuestKernel& kernel, std::vector<ForeignCode> foreign)
     auto sym = [&](const char* name) { return kernel.symbol(name); };
     if (!kernel.find_symbol("__start_orc_unwind_ip"))
         throw Error(ErrorKind::Guest, "the guest kernel has no ORC unwind tables (not built with CONFIG_UNWINDER_ORC)");
-    int major = 0;
-    int minor = kernel_minor(kernel.info().release, &major);
     VmlinuxOrcTables t;
     t.ip_table = GuestVirtAddr{sym("__start_orc_unwind_ip")};
     t.orc_table = GuestVirtAddr{sym("__start_orc_unwind")};
@@ -64,7 +77,7 @@ StackWalker::StackWalker(GuestKernel& kernel, std::vector<ForeignCode> foreign)
     t.text_end = GuestVirtAddr{sym("_etext")};
     if (auto s = kernel.find_symbol("_sinittext")) t.inittext_start = GuestVirtAddr{*s};
     if (auto e = kernel.find_symbol("_einittext")) t.inittext_end = GuestVirtAddr{*e};
-    t.format = orc_format_for_kernel(major, minor, kernel.find_symbol("__start_orc_header").has_value());
+    t.format = guest_orc_format(kernel);
     orc_ = std::make_unique<CompositeOrcSource>();
     orc_->add(make_vmlinux_orc(kernel.memory(), t));
     // Module code unwinds with each module's own ORC tables.
@@ -81,10 +94,15 @@ StackWalker::StackWalker(GuestKernel& kernel, std::vector<ForeignCode> foreign)
         orc_->add(make_module_orc(kernel.memory(), tables));
     }
 
-    ret_from_fork_ = kernel.find_symbol("ret_from_fork").value_or(0);
+    // A new task's inactive_task_frame returns to ret_from_fork_asm (6.6+,
+    // where ret_from_fork became C) or ret_from_fork (before).
+    ret_from_fork_ = kernel.find_symbol("ret_from_fork_asm").value_or(kernel.find_symbol("ret_from_fork").value_or(0));
     // Code that rewrites return addresses on the stack (function-graph
-    // tracer, kretprobes): a frame there is unreliable unless recovered.
-    for (const char* name : {"return_to_handler", "arch_rethook_trampoline", "__kretprobe_trampoline"}) {
+    // tracer, kretprobes: kretprobe_trampoline up to 5.10,
+    // __kretprobe_trampoline to 5.18, arch_rethook_trampoline since): a
+    // frame there is unreliable unless recovered.
+    for (const char* name :
+         {"return_to_handler", "arch_rethook_trampoline", "__kretprobe_trampoline", "kretprobe_trampoline"}) {
         auto all = kernel.symbols().find_all(name);
         if (all.empty()) continue;
         auto res = kernel.symbols().resolve(all.front().address);
@@ -104,20 +122,26 @@ StackWalker::StackWalker(GuestKernel& kernel, std::vector<ForeignCode> foreign)
     lock_begin_ = kernel.find_symbol("__lock_text_start").value_or(0);
     lock_end_ = kernel.find_symbol("__lock_text_end").value_or(0);
 
-    std::uint64_t cea_size = kernel.btf().size_of("cpu_entry_area");
+    // Each CPU's cpu_entry_area: 6.2+ (and 6.1.y) place them at random
+    // slots (_cea_offset), so it is found from the per-CPU pointer to its
+    // exception stacks (cea_exception_stacks = &cea->estacks), not from the
+    // CPU number.
+    const std::uint64_t estacks_in_cea = kernel.btf().offset_of("cpu_entry_area", "estacks");
+    const std::uint64_t entry_stack_in_cea = kernel.btf().offset_of("cpu_entry_area", "entry_stack_page");
     KernelMemory& memory = kernel.memory();
     for (int cpu = 0; cpu < kernel.info().nr_cpu_ids; ++cpu) {
         CpuStacks s;
         s.hardirq_stack_ptr = memory.read_u64(GuestVirtAddr{kernel.per_cpu("hardirq_stack_ptr", cpu)});
         s.cea_exception_stacks = memory.read_u64(GuestVirtAddr{kernel.per_cpu("cea_exception_stacks", cpu)});
-        s.entry_stack = x86_64_6_1::entry_stack_address(
-            x86_64_6_1::cpu_entry_area_address(static_cast<unsigned>(cpu), cea_size));
+        if (s.cea_exception_stacks > estacks_in_cea)
+            s.entry_stack = s.cea_exception_stacks - estacks_in_cea + entry_stack_in_cea;
         cpus_.push_back(s);
     }
 
     context_.memory = &kernel.memory();
     context_.orc = orc_.get();
     context_.layouts = layouts_;
+    context_.task_stack_padding = kernel.info().stack_top_padding;
     // The same lookup as x86_64_6_1::stack_lookup(), over areas_.
     context_.stack_of = [this](std::uint64_t addr) -> std::optional<StackArea> {
         for (const StackArea& a : areas_)
@@ -219,6 +243,7 @@ TaskStack StackWalker::unwind(const GuestTask& task) {
             start.dx = regs.rdx;
             start.r10 = regs.r10;
             start.r13 = regs.r13;
+            start.ax = regs.rax;
         }
         if (!out.vcpu) {
             out.unwind.reason = "task is current on CPU " + std::to_string(cpu) + " but no vCPU runs as that CPU";

@@ -48,6 +48,10 @@ struct ForeignCode {
     std::vector<Function> functions;
 };
 
+// The guest's ORC format: from its .orc_header hash (6.4+), else from its
+// version (orc_format_for_kernel). Error(Guest) for an unknown hash.
+OrcFormat guest_orc_format(GuestKernel& kernel);
+
 class StackWalker {
 public:
     // Prepares ORC sources, per-CPU stacks and the vCPU ↔ CPU mapping from

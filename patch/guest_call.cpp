@@ -225,11 +225,12 @@ std::string GuestCaller::check_safe_point(int vcpu, const VcpuRegisters& regs, S
     if (task == 0) return where + "no current task on CPU " + std::to_string(cpu);
     std::uint64_t stack = memory.read_u64(GuestVirtAddr{task + kernel_.layouts().task.stack.offset});
     std::uint64_t top = stack + kThreadSize;
-    if (kernel_.find_symbol("cpu_current_top_of_stack")) {
+    if (kernel_.find_per_cpu_variable("cpu_current_top_of_stack")) {
         std::uint64_t cpu_top = memory.read_u64(GuestVirtAddr{kernel_.per_cpu("cpu_current_top_of_stack", cpu)});
-        if (cpu_top != top)
+        const std::uint64_t padding = kernel_.info().stack_top_padding;
+        if (cpu_top != top - padding)
             return where + "cpu_current_top_of_stack " + hex(cpu_top) + " is not task->stack " + hex(stack) +
-                   " + 16 KiB";
+                   " + 16 KiB" + (padding ? " - " + std::to_string(padding) : "");
     }
     if (regs.rsp <= stack || regs.rsp >= top)
         return where + "RSP " + hex(regs.rsp) + " outside the task stack " + hex(stack) + ".." + hex(top);

@@ -21,14 +21,14 @@ GuestLivepatch::GuestLivepatch(GuestKernel& kernel) : kernel_(kernel) {
     transition_patch_addr_ = *transition;
     patch_state_offset_ = static_cast<std::int32_t>(task.patch_state->offset);
     thread_flags_offset_ = task.thread_info_flags.offset;
-    // A per-CPU symbol's kallsyms value is its offset in every CPU's area
-    // (absolute, not relocated by KASLR); the trampoline reads it %gs-relative.
-    auto current = kernel.find_symbol("current_task");
-    if (!current) throw Error(ErrorKind::Guest, "guest kernel has no per-CPU symbol current_task");
-    if (*current >= 0x80000000ULL)
-        throw Error(ErrorKind::Guest, "current_task is at " + hex(*current) +
-                                          ", not a per-CPU offset a %gs-relative disp32 can reach");
-    current_task_offset_ = static_cast<std::int32_t>(*current);
+    // The trampoline reads current_task %gs-relative with a sign-extended
+    // disp32: a zero-based per-CPU offset (up to 6.14) or its address in
+    // the image's .data..percpu (6.15+), both within reach.
+    const std::uint64_t current = kernel.per_cpu_variable("current_task");
+    if (current >= 0x80000000ULL && current < 0xffffffff80000000ULL)
+        throw Error(ErrorKind::Guest, "current_task is at " + hex(current) +
+                                          ", which a %gs-relative disp32 cannot reach");
+    current_task_offset_ = static_cast<std::int32_t>(static_cast<std::uint32_t>(current));
 }
 
 int GuestLivepatch::target_state() {

@@ -94,7 +94,7 @@ void raw(const std::uint8_t* data, std::size_t size) {
     memory.add(kBase, data, size);
 
     VmlinuxOrcTables t;
-    t.format = static_cast<OrcFormat>(h.u8() % 3);
+    t.format = static_cast<OrcFormat>(h.u8() % 4);
     t.text_start = GuestVirtAddr{where(h.u16())};
     t.text_end = GuestVirtAddr{t.text_start.value + h.u16()};
     t.ip_table = GuestVirtAddr{where(h.u16())};
@@ -180,7 +180,7 @@ constexpr std::uint64_t kStack = 0xffffc90000000000ull;
 void structured(const std::uint8_t* data, std::size_t size) {
     Reader h{data + 1, size - 1};
     const std::uint64_t mode = h.u16();
-    const OrcFormat format = static_cast<OrcFormat>(h.u8() % 3);
+    const OrcFormat format = static_cast<OrcFormat>(h.u8() % 4);
     const std::size_t n = 1 + h.u8() % 64;
 
     // Objtool's sorted tables, then unwind_init()'s orc_lookup.

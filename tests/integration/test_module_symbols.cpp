@@ -38,6 +38,7 @@
 #include "introspect/guest_kernel.h"
 #include "introspect/modules.h"
 #include "introspect/orc_unwind.h"
+#include "introspect/task_stacks.h"
 #include "support/test_guest.h"
 
 namespace hvpatch::test {
@@ -261,9 +262,7 @@ TEST_F(ModuleSymbolsTest, ResolverMatchesGuestStackTraces) {
     // The modules' ORC tables: each module frame is a return address (or
     // the traced function's fentry return) in a normal function body: a
     // CALL entry with the CFA on the stack pointer.
-    const auto& release = kernel->info().release;
-    int major = std::stoi(release), minor = std::stoi(release.substr(release.find('.') + 1));
-    OrcFormat format = orc_format_for_kernel(major, minor, kernel->find_symbol("__start_orc_header").has_value());
+    OrcFormat format = guest_orc_format(*kernel);
     CompositeOrcSource orc;
     add_module_orc_sources(orc, kernel->memory(), resolver.modules(), format);
     for (const Frame& f : in_modules) {

@@ -626,12 +626,14 @@ TEST_P(OrcUnwind, CorruptLookupTableGivesNoEntry) {
     EXPECT_FALSE(tiny->find(kText + 5));
 }
 
-INSTANTIATE_TEST_SUITE_P(Formats, OrcUnwind, ::testing::Values(OrcFormat::V1, OrcFormat::V2, OrcFormat::V3),
+INSTANTIATE_TEST_SUITE_P(Formats, OrcUnwind,
+                         ::testing::Values(OrcFormat::V1, OrcFormat::V2, OrcFormat::V3, OrcFormat::V4),
                          [](const auto& info) {
                              switch (info.param) {
                                  case OrcFormat::V1: return std::string("V1");
                                  case OrcFormat::V2: return std::string("V2");
                                  case OrcFormat::V3: return std::string("V3");
+                                 case OrcFormat::V4: return std::string("V4");
                              }
                              return std::string("X");
                          });
@@ -758,7 +760,7 @@ TEST(OrcFormats, V3BitPatterns) {
 }
 
 TEST(OrcFormats, EncodeRoundTrips) {
-    for (OrcFormat f : {OrcFormat::V1, OrcFormat::V2, OrcFormat::V3})
+    for (OrcFormat f : {OrcFormat::V1, OrcFormat::V2, OrcFormat::V3, OrcFormat::V4})
         for (Type t : {Type::Undefined, Type::EndOfStack, Type::Call, Type::Regs, Type::RegsPartial}) {
             OrcEntry e = t == Type::Call ? call(-40, orc_reg::kBp, orc_reg::kPrevSp, 24) : regs(t, 8);
             if (t == Type::Undefined || t == Type::EndOfStack) e = of_type(t);
@@ -768,15 +770,54 @@ TEST(OrcFormats, EncodeRoundTrips) {
         }
 }
 
+constexpr OrcHeader kHash612 = {0xfe, 0x5d, 0x32, 0xbf, 0x58, 0x1b, 0xd6, 0x3b, 0x2c, 0xa9,
+                                0xa5, 0xc6, 0x5b, 0xa5, 0xa6, 0x25, 0xea, 0xb3, 0xfe, 0x24};
+constexpr OrcHeader kHash72 = {0x13, 0x7c, 0x36, 0xad, 0x76, 0x27, 0xc4, 0xdd, 0x55, 0x93,
+                               0x21, 0x76, 0xbb, 0x0e, 0xcd, 0xbd, 0x50, 0x41, 0xfc, 0x82};
+
 TEST(OrcFormats, FormatForKernel) {
-    EXPECT_EQ(orc_format_for_kernel(4, 14, false), OrcFormat::V1);
-    EXPECT_EQ(orc_format_for_kernel(6, 1, false), OrcFormat::V1);
-    EXPECT_EQ(orc_format_for_kernel(6, 2, false), OrcFormat::V1);
-    EXPECT_EQ(orc_format_for_kernel(6, 3, false), OrcFormat::V2);
-    EXPECT_EQ(orc_format_for_kernel(6, 4, true), OrcFormat::V3);
-    EXPECT_EQ(orc_format_for_kernel(6, 4, false), OrcFormat::V3);
-    EXPECT_EQ(orc_format_for_kernel(7, 0, false), OrcFormat::V3);
-    EXPECT_EQ(orc_format_for_kernel(6, 1, true), OrcFormat::V3);  // the header wins
+    EXPECT_EQ(orc_format_for_kernel(4, 14, std::nullopt), OrcFormat::V1);
+    EXPECT_EQ(orc_format_for_kernel(5, 10, std::nullopt), OrcFormat::V1);
+    EXPECT_EQ(orc_format_for_kernel(6, 1, std::nullopt), OrcFormat::V1);
+    EXPECT_EQ(orc_format_for_kernel(6, 2, std::nullopt), OrcFormat::V1);
+    EXPECT_EQ(orc_format_for_kernel(6, 3, std::nullopt), OrcFormat::V2);
+    EXPECT_EQ(orc_format_for_kernel(6, 4, kHash612), OrcFormat::V3);
+    EXPECT_EQ(orc_format_for_kernel(6, 12, kHash612), OrcFormat::V3);
+    EXPECT_EQ(orc_format_for_kernel(7, 2, kHash72), OrcFormat::V4);
+    EXPECT_EQ(orc_format_for_kernel(6, 1, kHash612), OrcFormat::V3);  // the header wins (a backport)
+    EXPECT_EQ(to_hex(kHash72), "137c36ad7627c4dd55932176bb0ecdbd5041fc82");
+}
+
+TEST(OrcFormats, UnknownOrMissingHeaderIsRefused) {
+    OrcHeader other = kHash72;
+    other[19] ^= 1;
+    try {
+        orc_format_for_kernel(7, 3, other);
+        FAIL() << "an unknown hash was accepted";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.kind(), ErrorKind::Guest);
+        EXPECT_NE(std::string(e.what()).find("137c36ad7627c4dd55932176bb0ecdbd5041fc83"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(orc_format_for_kernel(6, 12, std::nullopt), Error);  // 6.4+ always has one
+}
+
+TEST(OrcFormats, SevenXRegistersAreRenumbered) {
+    // flags: sp_reg 3 (SP in 7.x), bp_reg 8 (PREV_SP in 7.x), type CALL (2).
+    const std::byte raw[6] = {std::byte{0x08}, std::byte{0}, std::byte{0xf0}, std::byte{0xff},
+                              std::byte{0x83}, std::byte{0x02}};
+    OrcEntry v4 = decode_orc_entry(raw, OrcFormat::V4);
+    EXPECT_EQ(v4.sp_reg, orc_reg::kSp);
+    EXPECT_EQ(v4.bp_reg, orc_reg::kPrevSp);
+    EXPECT_EQ(v4.type, Type::Call);
+    OrcEntry v3 = decode_orc_entry(raw, OrcFormat::V3);  // the same bytes in 6.x numbers
+    EXPECT_EQ(v3.sp_reg, orc_reg::kDi);
+    EXPECT_EQ(v3.bp_reg, orc_reg::kBpIndirect);
+    // AX (7.x only) and numbers past the last register.
+    const std::byte ax[6] = {std::byte{0}, std::byte{0}, std::byte{0}, std::byte{0}, std::byte{0x01}, std::byte{0x03}};
+    EXPECT_EQ(decode_orc_entry(ax, OrcFormat::V4).sp_reg, orc_reg::kAx);
+    const std::byte eleven[6] = {std::byte{0}, std::byte{0}, std::byte{0}, std::byte{0}, std::byte{0x0b}, std::byte{0x03}};
+    EXPECT_EQ(decode_orc_entry(eleven, OrcFormat::V4).sp_reg, orc_reg::kUnknown);
+    EXPECT_EQ(decode_orc_entry(eleven, OrcFormat::V3).sp_reg, orc_reg::kUnknown);
 }
 
 // -- stack layouts ----------------------------------------------------------------
