@@ -6,6 +6,7 @@
 #include "hvpatch/error.h"
 #include "hvpatch/machine.h"
 #include "introspect/guest_kernel.h"
+#include "introspect/task_stacks.h"
 #include "introspect/tasks.h"
 
 namespace hvpatch::cli {
@@ -23,6 +24,9 @@ struct KernelView {
     std::string error;
     std::size_t tasks = 0;
     std::uint64_t image_start = 0, image_size = 0, kernel_cr3 = 0;
+    // How hvpatch reads this kernel: the formats it recognised.
+    std::string kallsyms_format, orc_format;
+    std::size_t symbols = 0;
 };
 
 KernelView look_at_kernel(Machine& machine) {
@@ -34,6 +38,9 @@ KernelView look_at_kernel(Machine& machine) {
         view.image_size = kernel->image().size;
         view.kernel_cr3 = kernel->page_tables().cr3;
         view.tasks = list_tasks(*kernel).size();
+        view.kallsyms_format = kernel->symbols().layout().format;
+        view.symbols = kernel->symbols().symbols().size();
+        view.orc_format = to_string(guest_orc_format(*kernel));
     } catch (const Error& e) {
         if (e.kind() != ErrorKind::Guest) throw;
         view.error = e.what();
@@ -57,6 +64,10 @@ nlohmann::json kernel_json(const KernelView& view) {
             {"paging_levels", static_cast<int>(k.levels)},
             {"cpus", k.nr_cpu_ids},
             {"tasks", view.tasks},
+            {"formats", {{"kallsyms", view.kallsyms_format},
+                         {"symbols", view.symbols},
+                         {"orc", view.orc_format},
+                         {"stack_top_padding", k.stack_top_padding}}},
             {"livepatch", {{"supported", k.livepatch},
                            {"transition_in_progress", k.livepatch_transition},
                            {"klp_target_state", k.klp_target_state}}}};
@@ -79,6 +90,11 @@ void print_kernel(const KernelView& view) {
     std::printf("Paging:       %d-level (kernel page tables %s)\n", static_cast<int>(k.levels),
                 hex(view.kernel_cr3).c_str());
     std::printf("CPUs:         %d; tasks: %zu\n", k.nr_cpu_ids, view.tasks);
+    std::printf("Formats:      kallsyms %s (%zu symbols); ORC %s%s\n", view.kallsyms_format.c_str(), view.symbols,
+                view.orc_format.c_str(),
+                k.stack_top_padding ? ("; task stacks end " + std::to_string(k.stack_top_padding) +
+                                       " bytes below their top (FRED)").c_str()
+                                    : "");
     std::printf("Livepatch:    %s\n", !k.livepatch ? "not supported by this kernel (no CONFIG_LIVEPATCH)"
                                        : k.livepatch_transition ? "supported; a transition is IN PROGRESS"
                                                                 : "supported; no transition in progress");
