@@ -67,7 +67,10 @@ nlohmann::json kernel_json(const KernelView& view) {
             {"formats", {{"kallsyms", view.kallsyms_format},
                          {"symbols", view.symbols},
                          {"orc", view.orc_format},
-                         {"stack_top_padding", k.stack_top_padding}}},
+                         {"stack_top_padding", k.stack_top_padding},
+                         {"tif_patch_pending", k.tif_patch_pending ? nlohmann::json(*k.tif_patch_pending) : nlohmann::json()},
+                         {"tif_notify_signal", k.tif_notify_signal ? nlohmann::json(*k.tif_notify_signal) : nlohmann::json()},
+                         {"thread_flags_problem", k.thread_flags_problem}}},
             {"livepatch", {{"supported", k.livepatch},
                            {"transition_in_progress", k.livepatch_transition},
                            {"klp_target_state", k.klp_target_state}}}};
@@ -95,6 +98,12 @@ void print_kernel(const KernelView& view) {
                 k.stack_top_padding ? ("; task stacks end " + std::to_string(k.stack_top_padding) +
                                        " bytes below their top (FRED)").c_str()
                                     : "");
+    if (k.livepatch)
+        std::printf("Thread flags: %s\n",
+                    k.tif_patch_pending ? ("TIF_PATCH_PENDING " + std::to_string(*k.tif_patch_pending) +
+                                           ", TIF_NOTIFY_SIGNAL " + std::to_string(*k.tif_notify_signal) +
+                                           " (from the guest's code)").c_str()
+                                        : ("unknown: " + k.thread_flags_problem).c_str());
     std::printf("Livepatch:    %s\n", !k.livepatch ? "not supported by this kernel (no CONFIG_LIVEPATCH)"
                                        : k.livepatch_transition ? "supported; a transition is IN PROGRESS"
                                                                 : "supported; no transition in progress");

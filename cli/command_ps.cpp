@@ -48,7 +48,7 @@ void run_ps(const PsOptions& opt, const GlobalOptions& global) {
                                 {"idle", t.idle},
                                 {"cpu", t.cpu},
                                 {"task", hex(t.address)},
-                                {"patch_pending", t.patch_pending()},
+                                {"patch_pending", t.patch_pending},
                                 {"wait", waits[static_cast<std::size_t>(&t - tasks.data())]}};
             j["running_on"] = t.running_on ? nlohmann::json(*t.running_on) : nlohmann::json(nullptr);
             if (t.patch_state) j["patch_state"] = *t.patch_state;

@@ -31,10 +31,12 @@ namespace {
 
 constexpr std::size_t kMaxInstructionSize = 15;
 constexpr std::size_t kPatchSiteSize = 5;
-constexpr std::array<std::uint8_t, 5> kFtraceNop = {0x0f, 0x1f, 0x44, 0x00, 0x00};
 constexpr std::array<std::uint8_t, 4> kEndbr64 = {0xf3, 0x0f, 0x1e, 0xfa};
 // gen_endbr_poison(): 0x001f0f66, "osp nopl (%rax)" (arch/x86/include/asm/ibt.h).
+// 6.2-6.x seal with `66 0f 1f 00` (osp nopl (%rax)); 7.x with
+// `0f 1f 40 d6` (nopl -0x2a(%rax)) (arch/x86/include/asm/ibt.h).
 constexpr std::array<std::uint8_t, 4> kEndbrPoison = {0x66, 0x0f, 0x1f, 0x00};
+constexpr std::array<std::uint8_t, 4> kEndbrPoison7 = {0x0f, 0x1f, 0x40, 0xd6};
 
 // One Capstone handle and instruction buffer per thread (a handle must not
 // be shared between threads; opening one per call costs an allocation of
@@ -81,9 +83,8 @@ std::span<const std::uint8_t> as_u8(std::span<const std::byte> bytes) {
     return {reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size()};
 }
 
-template <std::size_t N>
-bool starts_with(std::span<const std::byte> bytes, const std::array<std::uint8_t, N>& pattern) {
-    return bytes.size() >= N && std::memcmp(bytes.data(), pattern.data(), N) == 0;
+bool starts_with(std::span<const std::byte> bytes, std::span<const std::uint8_t> pattern) {
+    return bytes.size() >= pattern.size() && std::memcmp(bytes.data(), pattern.data(), pattern.size()) == 0;
 }
 
 Instruction make_instruction(Capstone& cs) {
@@ -224,14 +225,15 @@ const char* to_string(EntryType type) {
     return "?";
 }
 
-EntryKind classify_entry(std::span<const std::byte> first_bytes, std::uint64_t address) {
+EntryKind classify_entry(std::span<const std::byte> first_bytes, std::uint64_t address,
+                         std::span<const std::uint8_t, 5> ftrace_nop) {
     EntryKind kind;
     kind.entry = address;
     std::size_t offset = 0;
     if (starts_with(first_bytes, kEndbr64)) {
         kind.landing = EntryLanding::Endbr64;
         offset = kEndbr64.size();
-    } else if (starts_with(first_bytes, kEndbrPoison)) {
+    } else if (starts_with(first_bytes, kEndbrPoison) || starts_with(first_bytes, kEndbrPoison7)) {
         kind.landing = EntryLanding::PoisonedEndbr;
         offset = kEndbrPoison.size();
     }
@@ -260,7 +262,7 @@ EntryKind classify_entry(std::span<const std::byte> first_bytes, std::uint64_t a
         return kind.patch_site + 5 + static_cast<std::uint64_t>(static_cast<std::int64_t>(rel));
     };
 
-    if (starts_with(site, kFtraceNop)) {
+    if (starts_with(site, ftrace_nop)) {
         kind.type = kind.landing == EntryLanding::None ? EntryType::FtraceNop : EntryType::Endbr64FtraceNop;
         kind.description = landing + "ftrace NOP" + at;
     } else if (u8(0) == 0xe8) {

@@ -20,15 +20,18 @@
 //   e9 rel32 / eb rel8        not written by ftrace: another patcher, an
 //                             optimised kprobe, or a live hvpatch redirection
 // On IBT kernels (CONFIG_X86_KERNEL_IBT) all of these come after a 4-byte
-// `endbr64` (f3 0f 1e fa), or after its poison `66 0f 1f 00` (osp nopl
-// (%rax)) in functions that are never called indirectly; the ftrace site is
-// then entry + 4. Kernels without fentry (or notrace functions) start with
+// `endbr64` (f3 0f 1e fa), or after its poison in functions that are never
+// called indirectly (`66 0f 1f 00` osp nopl (%rax) on 6.x, `0f 1f 40 d6`
+// nopl -0x2a(%rax) on 7.x); the ftrace site is then entry + 4. 5.10 chose
+// the NOP per CPU at boot (ideal_nops: `66 66 66 66 90` on QEMU's default
+// CPU), so the caller passes the guest's own. Kernels without fentry (or notrace functions) start with
 // ordinary code.
 //
 // All input is untrusted guest memory: nothing here reads outside the span
 // it is given, and undecodable bytes are reported, never guessed at.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -130,7 +133,11 @@ struct EntryKind {
 // Needs the 5 bytes of the patch site: at least 5 bytes, 9 if the function
 // starts with endbr64 or its poison; give 16 so that Other can show a whole
 // first instruction. Throws Error(Usage) if too few bytes are given.
-EntryKind classify_entry(std::span<const std::byte> first_bytes, std::uint64_t address);
+// `ftrace_nop` is the guest's own (derive_ftrace_nop(): 5.10 picks it per
+// CPU at boot); the 6.x one by default.
+inline constexpr std::array<std::uint8_t, 5> kDefaultFtraceNop = {0x0f, 0x1f, 0x44, 0x00, 0x00};
+EntryKind classify_entry(std::span<const std::byte> first_bytes, std::uint64_t address,
+                         std::span<const std::uint8_t, 5> ftrace_nop = kDefaultFtraceNop);
 
 // The start addresses of the instructions that cover [address, address +
 // length), decoding from `address` (the first is `address`; empty when

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "hvpatch/error.h"
+#include "introspect/kernel_code_facts.h"
 #include "introspect/kernel_constants.h"
 
 namespace hvpatch {
@@ -183,6 +184,14 @@ void GuestKernel::read_info() {
         info.klp_target_state = static_cast<std::int32_t>(memory_->read_u32(GuestVirtAddr{*target}));
         if (auto transition = find_symbol("klp_transition_patch"))
             info.livepatch_transition = memory_->read_u64(GuestVirtAddr{*transition}) != 0;
+        try {
+            const ThreadFlagBits bits = derive_thread_flag_bits(*this);
+            info.tif_patch_pending = bits.patch_pending;
+            info.tif_notify_signal = bits.notify_signal;
+        } catch (const Error& e) {
+            if (e.kind() != ErrorKind::Guest) throw;
+            info.thread_flags_problem = e.what();
+        }
     }
 }
 

@@ -38,6 +38,10 @@ struct KernelInfo {
     // the end of a task's stack (16 with CONFIG_X86_FRED, 7.x; 0 before),
     // measured from cpu_current_top_of_stack.
     std::uint64_t stack_top_padding = 0;
+    // TIF_PATCH_PENDING and TIF_NOTIFY_SIGNAL, derived from the guest's
+    // code (kernel_code_facts.h) when it has CONFIG_LIVEPATCH; else why not.
+    std::optional<unsigned> tif_patch_pending, tif_notify_signal;
+    std::string thread_flags_problem;
 };
 
 // The largest TOP_OF_KERNEL_STACK_PADDING accepted (x86-64 uses 0 or 16).

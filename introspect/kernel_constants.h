@@ -32,7 +32,6 @@ inline constexpr std::uint32_t kPfWqWorker = 0x00000020;
 inline constexpr std::uint32_t kPfKthread = 0x00200000;
 
 // arch/x86/include/asm/thread_info.h: thread_info.flags bits.
-inline constexpr unsigned kTifPatchPending = 13;
 
 // arch/x86/include/asm/page_64_types.h: THREAD_SIZE without KASAN
 // (16 KiB; KASAN doubles it — Debian kernels do not enable KASAN).

@@ -9,7 +9,6 @@
 
 namespace hvpatch {
 
-bool GuestTask::patch_pending() const { return (thread_flags >> kconst::kTifPatchPending) & 1; }
 
 char task_state_letter(std::uint32_t state, std::uint32_t exit_state) {
     std::uint32_t reported = (state | exit_state) & kconst::kTaskReport;
@@ -67,6 +66,7 @@ GuestTask read_task(GuestKernel& kernel, std::uint64_t address) {
         task.exit_state = static_cast<std::uint32_t>(read_layout_field(memory, address, t.exit_state));
         task.flags = static_cast<std::uint32_t>(read_layout_field(memory, address, t.flags));
         task.thread_flags = read_layout_field(memory, address, t.thread_info_flags);
+        if (auto bit = kernel.info().tif_patch_pending) task.patch_pending = (task.thread_flags >> *bit) & 1;
         task.stack_base = read_layout_field(memory, address, t.stack);
         task.saved_sp = read_layout_field(memory, address, t.thread_sp);
         task.mm = read_layout_field(memory, address, t.mm);

@@ -35,7 +35,7 @@ struct GuestTask {
     std::uint64_t saved_sp = 0;    // thread.sp
     std::uint64_t mm = 0;
     std::optional<int> patch_state;  // KLP_UNDEFINED/UNPATCHED/PATCHED
-    bool patch_pending() const;      // TIF_PATCH_PENDING
+    bool patch_pending = false;      // TIF_PATCH_PENDING (false when the kernel has none)
 };
 
 // The reported state letter for __state/exit_state, as fs/proc/array.c

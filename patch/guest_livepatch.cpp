@@ -17,6 +17,14 @@ GuestLivepatch::GuestLivepatch(GuestKernel& kernel) : kernel_(kernel) {
         throw Error(ErrorKind::Guest, "guest BTF: task_struct.patch_state is " +
                                           std::to_string(task.patch_state->size) + " bytes, thread_info.flags " +
                                           std::to_string(task.thread_info_flags.size) + " (expected 4 and 8)");
+    // The TIF bits are #defines that moved between kernels: derived from
+    // the guest's own code when it was opened (kernel_code_facts.h).
+    const KernelInfo& info = kernel.info();
+    if (!info.tif_patch_pending || !info.tif_notify_signal)
+        throw Error(ErrorKind::Guest, "guest kernel " + info.release +
+                                          ": cannot tell its thread-flag bits: " + info.thread_flags_problem);
+    tif_patch_pending_ = *info.tif_patch_pending;
+    tif_notify_signal_ = *info.tif_notify_signal;
     target_state_addr_ = *target;
     transition_patch_addr_ = *transition;
     patch_state_offset_ = static_cast<std::int32_t>(task.patch_state->offset);
@@ -47,7 +55,7 @@ void GuestLivepatch::set_task_state(const GuestTask& task, int patch_state, bool
     if (!task.patch_state || *task.patch_state != patch_state)
         write_kernel_value(kernel_, task.address + patch_state_offset_, static_cast<std::int32_t>(patch_state));
     std::uint64_t flags = task.thread_flags;
-    std::uint64_t bit = std::uint64_t{1} << kTifPatchPending;
+    std::uint64_t bit = std::uint64_t{1} << tif_patch_pending_;
     std::uint64_t wanted = pending ? (flags | bit) : (flags & ~bit);
     if (wanted != flags) write_kernel_value(kernel_, task.address + thread_flags_offset_, wanted);
 }

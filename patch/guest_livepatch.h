@@ -21,9 +21,6 @@ namespace hvpatch {
 inline constexpr int kKlpUndefined = -1;
 inline constexpr int kKlpUnpatched = 0;
 inline constexpr int kKlpPatched = 1;
-// arch/x86/include/asm/thread_info.h (6.1; stable since 4.12).
-inline constexpr unsigned kTifPatchPending = 13;
-inline constexpr unsigned kTifNotifySignal = 17;
 
 class GuestLivepatch {
 public:
@@ -46,12 +43,16 @@ public:
     // For the trampoline: the per-CPU offset of current_task and
     // offsetof(struct task_struct, patch_state).
     std::int32_t current_task_offset() const { return current_task_offset_; }
+    // TIF_PATCH_PENDING and TIF_NOTIFY_SIGNAL of this guest.
+    unsigned tif_patch_pending() const { return tif_patch_pending_; }
+    unsigned tif_notify_signal() const { return tif_notify_signal_; }
     std::int32_t patch_state_offset() const { return patch_state_offset_; }
 
 private:
     GuestKernel& kernel_;
     std::uint64_t target_state_addr_ = 0, transition_patch_addr_ = 0;
     std::int32_t current_task_offset_ = 0, patch_state_offset_ = 0;
+    unsigned tif_patch_pending_ = 0, tif_notify_signal_ = 0;
     std::uint64_t thread_flags_offset_ = 0;
 };
 

@@ -9,6 +9,7 @@
 #include "hvpatch/error.h"
 #include "introspect/code_inspect.h"
 #include "introspect/guest_kernel.h"
+#include "introspect/kernel_code_facts.h"
 #include "introspect/modules.h"
 #include "introspect/tasks.h"
 #include "patch/audit_log.h"
@@ -309,7 +310,8 @@ FunctionPlan plan_function(GuestKernel& kernel, const PatchedFunction& pf) {
     }
     if (f.size == 0) f.size = 1;
     auto head = kernel.memory().read_bytes(GuestVirtAddr{f.entry}, 16);
-    EntryKind kind = classify_entry(head, f.entry);
+    const FtraceNop nop = derive_ftrace_nop(kernel);
+    EntryKind kind = classify_entry(head, f.entry, nop);
     plan.entry_kind = kind.description;
     if (!kind.ftrace_nop()) {
         plan.refusal = "entry of " + f.name + " at " + hex(f.entry) + " is not the ftrace NOP: " + kind.description;
@@ -462,7 +464,7 @@ void wake_blockers(Patcher::Session& s, const std::vector<TransitionBlocker>& bl
         if (!b.kthread) {
             std::uint64_t address = b.task + flags_field.offset;
             std::uint64_t flags = s.kernel->memory().read_u64(GuestVirtAddr{address});
-            write_kernel_value(*s.kernel, address, flags | (std::uint64_t{1} << kTifNotifySignal));
+            write_kernel_value(*s.kernel, address, flags | (std::uint64_t{1} << s.klp().tif_notify_signal()));
         }
         s.call().call("wake_up_state", {b.task, static_cast<std::uint64_t>(kTaskInterruptible)});
         s.after_call();
@@ -1024,7 +1026,7 @@ StatusReport Patcher::status() {
         report.guest_transition = klp.guest_transition_in_progress();
         for (const auto& task : list_tasks(*s.kernel)) {
             ++report.tasks;
-            if (task.patch_pending()) ++report.tasks_pending;
+            if (task.patch_pending) ++report.tasks_pending;
             if (task.patch_state == kKlpPatched) ++report.tasks_patched;
             if (task.patch_state == kKlpUnpatched) ++report.tasks_unpatched;
         }

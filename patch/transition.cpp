@@ -54,7 +54,7 @@ TransitionPass run_transition_pass(GuestKernel& kernel, GuestLivepatch& livepatc
     for (const GuestTask& task : tasks) {
         if (task.patch_state == target) {
             // Switched earlier (by hvpatch or by klp_update_patch_state()).
-            if (task.patch_pending() && !dry) livepatch.set_task_state(task, target, false);
+            if (task.patch_pending && !dry) livepatch.set_task_state(task, target, false);
             continue;
         }
         std::string reason;
@@ -81,7 +81,7 @@ TransitionPass run_transition_pass(GuestKernel& kernel, GuestLivepatch& livepatc
 
 void clear_transition_state(GuestKernel& kernel, GuestLivepatch& livepatch) {
     for (const GuestTask& task : list_tasks(kernel))
-        if (task.patch_state != kKlpUndefined || task.patch_pending())
+        if (task.patch_state != kKlpUndefined || task.patch_pending)
             livepatch.set_task_state(task, kKlpUndefined, false);
     livepatch.set_target_state(kKlpUndefined);
 }

@@ -284,6 +284,29 @@ TEST(ClassifyEntry, EndbrThenFtraceNop) {
     EXPECT_EQ(kind.instruction, "push rbp");
 }
 
+TEST(ClassifyEntry, SevenXSealsWithAnotherPoison) {
+    // 7.x's sealed endbr64: nopl -0x2a(%rax).
+    EntryKind kind = classify_entry(concat(bytes({0x0f, 0x1f, 0x40, 0xd6}), kFtraceNop), kFunc);
+    EXPECT_EQ(kind.type, EntryType::Endbr64FtraceNop);
+    EXPECT_EQ(kind.landing, EntryLanding::PoisonedEndbr);
+    EXPECT_EQ(kind.patch_site, kFunc + 4);
+}
+
+TEST(ClassifyEntry, TheGuestsOwnFtraceNop) {
+    // 5.10 on QEMU's default CPU: ideal_nops gave the K8 NOP.
+    const std::array<std::uint8_t, 5> k8 = {0x66, 0x66, 0x66, 0x66, 0x90};
+    const auto k8_bytes = bytes({0x66, 0x66, 0x66, 0x66, 0x90});
+    EntryKind kind = classify_entry(concat(k8_bytes, kPrologue), kFunc, k8);
+    EXPECT_EQ(kind.type, EntryType::FtraceNop);
+    EXPECT_EQ(kind.site_bytes, k8_bytes);
+    // The same bytes with the 6.x NOP expected: a NOP, but not ftrace's.
+    kind = classify_entry(concat(k8_bytes, kPrologue), kFunc);
+    EXPECT_EQ(kind.type, EntryType::Other);
+    EXPECT_NE(kind.description.find("not ftrace's"), std::string::npos) << kind.description;
+    // And the 6.x NOP is not ftrace's on a guest that uses the K8 one.
+    EXPECT_EQ(classify_entry(concat(kFtraceNop, kPrologue), kFunc, k8).type, EntryType::Other);
+}
+
 TEST(ClassifyEntry, CallFromTheGuestsFtrace) {
     auto code = concat(rel32_insn(0xe8, kFunc, kTrampoline), kPrologue);
     EntryKind kind = classify_entry(code, kFunc);
