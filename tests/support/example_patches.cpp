@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -62,25 +63,57 @@ const ExamplePatch& example_patch(Example id) {
     throw Error(ErrorKind::Internal, "unknown example patch " + std::to_string(static_cast<int>(id)));
 }
 
+namespace {
+// scripts/build-example-patches' cache dir for `release`.
+std::string example_patch_dir(const std::string& release) {
+    const char* cache = std::getenv("HVPATCH_CACHE");
+    const char* xdg = std::getenv("XDG_CACHE_HOME");
+    const char* home = std::getenv("HOME");
+    std::string root = cache && *cache ? cache
+                       : xdg && *xdg   ? std::string(xdg) + "/hvpatch"
+                                       : std::string(home ? home : "") + "/.cache/hvpatch";
+    return root + "/patches/" + release;
+}
+}  // namespace
+
 std::string example_patch_ko(Example id, const std::string& release) {
     // The script is quick when nothing changed, but once per process is enough.
+    struct Build {
+        std::string dir;     // where the .ko files are
+        std::string failed;  // the script's report when some example did not build
+    };
     static std::mutex mutex;
-    static std::map<std::string, std::string> built;  // release -> cache dir
+    static std::map<std::string, Build> built;  // release -> what the script did
     std::lock_guard lock(mutex);
     auto it = built.find(release);
     if (it == built.end()) {
         std::vector<std::string> argv = {source_dir() + "/scripts/build-example-patches"};
         if (!release.empty()) argv.insert(argv.end(), {"--release", release});
-        CommandResult result = run_command(argv, 600s);
+        CommandResult result = run_command(argv, 900s);
         std::string out = trim(result.out);
-        if (result.exit_code != 0 || out.empty())
+        Build b;
+        if (result.exit_code == 0 && !out.empty()) {
+            b.dir = out.substr(out.find_last_of('\n') + 1);
+        } else if (result.err.find("kbuild failed for ") != std::string::npos && !release.empty()) {
+            // Some example does not build for this kernel (the script names
+            // it and builds the others): the others are usable.
+            b.dir = example_patch_dir(release);
+            b.failed = result.describe();
+        } else {
             throw std::runtime_error("scripts/build-example-patches failed (are the test guest's kernel headers "
                                      "installed? run scripts/install-deps): " + result.describe());
-        it = built.emplace(release, out.substr(out.find_last_of('\n') + 1)).first;
+        }
+        it = built.emplace(release, b).first;
     }
-    std::string ko = it->second + "/" + std::string(example_patch(id).module) + ".ko";
+    const ExamplePatch& example = example_patch(id);
+    if (!it->second.failed.empty() &&
+        it->second.failed.find("kbuild failed for " + std::string(example.directory)) != std::string::npos)
+        throw std::runtime_error(std::string(example.directory) + " does not build for " + release + ": " +
+                                 it->second.failed);
+    std::string ko = it->second.dir + "/" + std::string(example.module) + ".ko";
     if (access(ko.c_str(), R_OK) != 0)
-        throw std::runtime_error("scripts/build-example-patches did not produce " + ko);
+        throw std::runtime_error("scripts/build-example-patches did not produce " + ko +
+                                 (it->second.failed.empty() ? "" : ": " + it->second.failed));
     return ko;
 }
 
