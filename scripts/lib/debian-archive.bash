@@ -10,6 +10,10 @@
 #     sources.list  lists/  archives/  updated   (updated: time of the last update)
 # and is refreshed when older than a day. The mirror is the machine's
 # (HVPATCH_DEBIAN_MIRROR, default http://deb.debian.org/debian).
+# The machine's installed packages are not seen either (an empty dpkg
+# status): an installed newer version of a package the suite also has
+# (the machine's linux-kbuild-6.1 for bookworm's) would be apt's candidate,
+# and apt-get download finds no source for it.
 
 debian_suites=(bullseye bookworm bookworm-backports trixie forky)
 
@@ -29,6 +33,7 @@ suite_apt_options() {
     echo "-o Dir::Etc::sourcelist=$dir/sources.list -o Dir::Etc::sourceparts=- \
 -o Dir::State::Lists=$dir/lists -o Dir::Cache::archives=$dir/archives \
 -o Dir::Cache::pkgcache=$dir/pkgcache.bin -o Dir::Cache::srcpkgcache=$dir/srcpkgcache.bin \
+-o Dir::State::status=/dev/null \
 -o APT::Sandbox::User=root -o Acquire::Check-Valid-Until=false"
 }
 
