@@ -1035,6 +1035,9 @@ void Linker::apply_alternatives(const KoSection& s) {
     // patch when the feature is absent), u8 instrlen, u8 replacementlen. In
     // table order (a later entry may rewrite an earlier one's bytes).
     constexpr std::size_t kEntry = 12;
+    if (facts_.alt_instr_size != kEntry)
+        fail(".altinstructions: the guest's struct alt_instr is " + std::to_string(facts_.alt_instr_size) +
+             " bytes (the 6.3+ form with ft_flags); hvpatch applies only the 12-byte form of 4.x-6.2 (and 6.1.y)");
     std::size_t n = entries(s, kEntry), applied = 0, kept = 0, dropped = 0;
     for (std::size_t i = 0; i < n; ++i) {
         Site f_instr{s.index, i * kEntry}, f_repl{s.index, i * kEntry + 4};
@@ -1210,6 +1213,9 @@ void Linker::handle_bug_table(const KoSection& s) {
     // WARN, without the report. BUG's ud2 stays: fatal either way.
     constexpr std::size_t kEntry = 12;
     constexpr std::uint16_t kBugFlagWarning = 1;
+    if (facts_.bug_entry_size != kEntry)
+        fail("__bug_table: the guest's struct bug_entry is " + std::to_string(facts_.bug_entry_size) +
+             " bytes; hvpatch knows only the 12-byte form (relative pointers, file and line)");
     std::size_t n = entries(s, kEntry), warns = 0, bugs = 0, dropped = 0;
     for (std::size_t i = 0; i < n; ++i) {
         Site f{s.index, i * kEntry};

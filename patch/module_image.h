@@ -97,6 +97,11 @@ struct GuestLinkFacts {
     // Which loaded objects exist ("vmlinux" always; module names), for
     // .klp.rela.<object>.* sections.
     std::function<bool(const std::string& object)> object_loaded;
+    // sizeof(struct alt_instr) and sizeof(struct bug_entry) in the guest's
+    // BTF (0: not in BTF). The linker knows the 12-byte forms of 4.x-6.2
+    // (and Debian's 5.10 and 6.1); 6.3+ alt_instr (ft_flags, 14 bytes) and
+    // 7.x bug_entry (format_disp, 16 bytes) are refused, never guessed.
+    std::uint64_t alt_instr_size = 12, bug_entry_size = 12;
 };
 
 // A symbol defined in a loaded section of the module.

@@ -332,6 +332,9 @@ std::vector<std::uint32_t> cpu_capabilities(GuestKernel& kernel) {
 
 GuestLinkFacts link_facts(GuestKernel& kernel) {
     GuestLinkFacts facts;
+    const KernelBtf& btf = kernel.btf();
+    facts.alt_instr_size = btf.has_type("alt_instr") ? btf.size_of("alt_instr") : 0;
+    facts.bug_entry_size = btf.has_type("bug_entry") ? btf.size_of("bug_entry") : 0;
     auto modules = std::make_shared<std::vector<GuestModule>>(list_modules(kernel));
     facts.resolve = [&kernel, modules](const std::string& object, const std::string& name,
                                        std::uint64_t sympos) -> std::optional<std::uint64_t> {

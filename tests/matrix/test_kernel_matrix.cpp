@@ -160,6 +160,43 @@ TEST_P(KernelMatrix, ApplyAndRevertTheCmdlineExample) {
     EXPECT_EQ(entry_bytes(guest()), code_before) << "the entry's bytes are restored";
 }
 
+// The sleepers of guest/init block the transition in do_nanosleep until
+// hvpatch wakes them as the guest's own klp_send_signals would (its
+// TIF_NOTIFY_SIGNAL, derived from the guest's code), and they restart their
+// sleep in the new copy.
+TEST_P(KernelMatrix, SleepersAreWokenAndSleepInTheNewCopy) {
+    const std::vector<int> sleepers = sleep_workload_pids(guest());
+    ASSERT_EQ(sleepers.size(), 3u);
+    const std::string ko = example_patch_ko(Example::Sleeper, guest().release());
+    CommandResult apply = hvpatch({"apply", guest().target(), ko, "--signal-after", "2", "--timeout", "60", "--json"});
+    if (!GetParam().applies) {
+        EXPECT_NE(apply.exit_code, 0) << apply.out;
+        EXPECT_NE(apply.err.find("hvpatch: error:"), std::string::npos) << apply.err;
+        for (int pid : sleepers)
+            EXPECT_EQ(sleeper_version(guest_task_stack(guest(), pid)), SleeperVersion::Original) << pid;
+        return;
+    }
+    ASSERT_EQ(apply.exit_code, 0) << apply.out << apply.err;
+    nlohmann::json applied = nlohmann::json::parse(apply.out);
+    EXPECT_EQ(applied.value("outcome", ""), "applied") << applied.dump(2);
+    EXPECT_GT(applied["passes"].get<int>(), 1) << "the sleepers held the transition";
+    for (int pid : sleepers) {
+        CommandResult stack = hvpatch({"stack", guest().target(), std::to_string(pid), "--json"});
+        ASSERT_EQ(stack.exit_code, 0) << stack.err;
+        nlohmann::json st = nlohmann::json::parse(stack.out)["stacks"][0];
+        EXPECT_TRUE(st["reliable"].get<bool>()) << st.dump(2);
+        bool in_copy = false;
+        for (const auto& frame : st["frames"]) in_copy |= frame.value("symbol", "") == kSleeperPatchedFrame;
+        EXPECT_TRUE(in_copy) << "pid " << pid << " does not sleep in the new copy:\n" << st.dump(2);
+    }
+    CommandResult revert =
+        hvpatch({"revert", guest().target(), "livepatch_sleeper", "--signal-after", "2", "--timeout", "60", "--json"});
+    ASSERT_EQ(revert.exit_code, 0) << revert.out << revert.err;
+    EXPECT_EQ(nlohmann::json::parse(revert.out).value("outcome", ""), "reverted") << revert.out;
+    for (int pid : sleepers)
+        EXPECT_EQ(sleeper_version(guest_task_stack(guest(), pid)), SleeperVersion::Original) << pid;
+}
+
 TEST_P(KernelMatrix, SymAllEqualsProcKallsyms) { expect_sym_all_equals_proc_kallsyms(guest()); }
 
 TEST_P(KernelMatrix, PsEqualsProc) { expect_ps_equals_proc(guest()); }

@@ -25,6 +25,7 @@
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/compat.h>
+#include <linux/freezer.h>
 #include <linux/hrtimer.h>
 #include <linux/kernel.h>
 #include <linux/livepatch.h>
@@ -32,6 +33,7 @@
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
 #include <linux/time.h>
+#include <linux/version.h>
 
 /* nanosleep_copyout (kernel/time/hrtimer.c), which is not exported. */
 static int livepatch_nanosleep_copyout(struct restart_block *restart, struct timespec64 *ts)
@@ -64,11 +66,20 @@ static noinline int livepatch_do_nanosleep(struct hrtimer_sleeper *t, enum hrtim
 	struct restart_block *restart;
 
 	do {
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 1, 0)
 		set_current_state(TASK_INTERRUPTIBLE | TASK_FREEZABLE);
+#else
+		/* Before 6.1 (TASK_FREEZABLE), do_nanosleep used freezable_schedule(). */
+		set_current_state(TASK_INTERRUPTIBLE);
+#endif
 		hrtimer_sleeper_start_expires(t, mode);
 
 		if (likely(t->task))
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 1, 0)
 			schedule();
+#else
+			freezable_schedule();
+#endif
 
 		hrtimer_cancel(&t->timer);
 		mode = HRTIMER_MODE_ABS;
