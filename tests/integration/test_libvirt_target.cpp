@@ -24,6 +24,7 @@
 #include "hvpatch/machine.h"
 #include "patch/audit_log.h"
 #include "support/example_patches.h"
+#include "support/introspection_checks.h"
 #include "support/proc_oracles.h"
 #include "support/run_command.h"
 #include "support/test_domain.h"
@@ -161,32 +162,7 @@ TYPED_TEST(LibvirtTargetTest, InspectByNameAndByUuidWithConnectAndWithTheDefault
 }
 
 TYPED_TEST(LibvirtTargetTest, PsByNameEqualsProcForTasksStableAcrossTheFreeze) {
-    auto before = guest_tasks(*this->domain_);
-    CommandResult r = hvpatch({"ps", this->domain_->name(), "-c", kUri, "--json"});
-    auto after = guest_tasks(*this->domain_);
-    ASSERT_EQ(r.exit_code, 0) << r.describe();
-    json doc = json::parse(r.out);
-    std::map<int, json> ours;
-    for (const auto& t : doc["tasks"])
-        if (!t["idle"].get<bool>()) ours[t["pid"].get<int>()] = t;
-    int compared = 0, woken = 0;
-    for (const auto& [tid, b] : before) {
-        auto a = after.find(tid);
-        if (a == after.end() || a->second != b) continue;  // changed: not a fixed point
-        if (b.second.rfind("kworker/", 0) == 0 || b.second == "cmd-loop") continue;
-        ASSERT_TRUE(ours.count(tid)) << "task " << tid << " (" << b.second << ") missing from hvpatch ps";
-        // As in test_introspection_oracles: a few tasks may be caught
-        // between running and sleeping at the freeze.
-        if (ours[tid]["state"] != std::string(1, b.first) && (ours[tid]["state"] == "R" || b.first == 'R')) {
-            ++woken;
-            continue;
-        }
-        EXPECT_EQ(ours[tid]["state"], std::string(1, b.first)) << "tid " << tid << " " << b.second;
-        EXPECT_EQ(ours[tid]["name"], b.second) << "tid " << tid;
-        ++compared;
-    }
-    EXPECT_GE(compared, 30);
-    EXPECT_LE(woken, 3);
+    expect_ps_equals_proc(*this->domain_, {this->domain_->name(), "-c", kUri});
 }
 
 TYPED_TEST(LibvirtTargetTest, StackByUuidEqualsProcStack) {

@@ -66,9 +66,14 @@ void expect_sym_all_equals_proc_kallsyms(TestGuest& guest) {
     EXPECT_NE(r.out.find("\t[virtio_blk]"), std::string::npos) << "module symbols are listed";
 }
 
-void expect_ps_equals_proc(TestGuest& guest) {
+void expect_ps_equals_proc(TestGuest& guest) { expect_ps_equals_proc(guest, {guest.target()}); }
+
+void expect_ps_equals_proc(GuestShell& guest, const std::vector<std::string>& target) {
     auto before = guest_tasks(guest);
-    CommandResult r = hvpatch({"ps", guest.target(), "--json"});
+    std::vector<std::string> args{"ps"};
+    args.insert(args.end(), target.begin(), target.end());
+    args.push_back("--json");
+    CommandResult r = hvpatch(args);
     auto after = guest_tasks(guest);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     nlohmann::json doc = nlohmann::json::parse(r.out);

@@ -2,6 +2,9 @@
 // EXPECT/ASSERT inside): each compares one hvpatch view with the guest's own.
 #pragma once
 
+#include <string>
+#include <vector>
+
 #include "support/test_guest.h"
 
 namespace hvpatch::test {
@@ -11,6 +14,9 @@ namespace hvpatch::test {
 void expect_sym_all_equals_proc_kallsyms(TestGuest& guest);
 // `hvpatch ps --json` equals /proc for every task unchanged across the freeze.
 void expect_ps_equals_proc(TestGuest& guest);
+// The same for any guest with a command channel; `target` is how hvpatch
+// names it (e.g. {name, "-c", uri} for a libvirt domain).
+void expect_ps_equals_proc(GuestShell& guest, const std::vector<std::string>& target);
 // `hvpatch stack --all --json` equals /proc/PID/stack (minus the scheduler
 // frames /proc omits) for every sleeping task unchanged across the freeze.
 void expect_stacks_equal_proc_stack(TestGuest& guest);

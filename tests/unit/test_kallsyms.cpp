@@ -193,24 +193,7 @@ Encoded encode(const std::vector<Sym>& syms, const EncodeOptions& opt = {}, std:
     put(base_bytes, relative_base);
     put(count_bytes, static_cast<std::uint32_t>(n));
     KallsymsLayout& l = e.layout;
-    if (opt.place_relative) {
-        // Odd filler so that 4- and 8-alignment differ somewhere.
-        img.push_back(std::byte{0x5a});
-        emit(l.num_syms_var, count_bytes);
-        emit(l.names, names);
-        emit(l.markers, markers);
-        emit(l.token_table, token_table);
-        emit(l.token_index, token_index);
-        emit(l.offsets, offsets);
-        for (std::uint64_t i = 0; i < n; ++i)  // offsets[i] = symbol - &offsets[i]
-            poke<std::int32_t>(e.memory, l.offsets.value + 4 * i,
-                               static_cast<std::int32_t>(static_cast<std::int64_t>(syms[i].address) -
-                                                         static_cast<std::int64_t>(l.offsets.value + 4 * i)));
-        if (opt.seqs_of_names) emit(l.seqs_of_names, seqs);
-        l.place_relative = true;
-        l.label_alignment = 4;
-        relative_base = syms.front().address;
-    } else if (!opt.order_6_4) {
+    if (!opt.order_6_4 && !opt.place_relative) {
         emit(l.offsets, offsets);
         emit(l.relative_base_var, base_bytes);
         emit(l.num_syms_var, count_bytes);
@@ -220,13 +203,25 @@ Encoded encode(const std::vector<Sym>& syms, const EncodeOptions& opt = {}, std:
         emit(l.token_table, token_table);
         emit(l.token_index, token_index);
     } else {
+        // Odd filler so that 4- and 8-alignment differ somewhere.
+        if (opt.place_relative) img.push_back(std::byte{0x5a});
         emit(l.num_syms_var, count_bytes);
         emit(l.names, names);
         emit(l.markers, markers);
         emit(l.token_table, token_table);
         emit(l.token_index, token_index);
         emit(l.offsets, offsets);
-        emit(l.relative_base_var, base_bytes);
+        if (opt.place_relative) {
+            for (std::uint64_t i = 0; i < n; ++i)  // offsets[i] = symbol - &offsets[i]
+                poke<std::int32_t>(e.memory, l.offsets.value + 4 * i,
+                                   static_cast<std::int32_t>(static_cast<std::int64_t>(syms[i].address) -
+                                                             static_cast<std::int64_t>(l.offsets.value + 4 * i)));
+            l.place_relative = true;
+            l.label_alignment = 4;
+            relative_base = syms.front().address;
+        } else {
+            emit(l.relative_base_var, base_bytes);
+        }
         if (opt.seqs_of_names) emit(l.seqs_of_names, seqs);
     }
     align_to(img, alignment);
