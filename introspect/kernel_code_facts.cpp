@@ -25,33 +25,37 @@ std::vector<Instruction> function_code(GuestKernel& kernel, std::string_view nam
     return decode(bytes, entry, kMaxInstructions);
 }
 
-// "lock bts qword ptr [rbx], 0x11" -> 0x11 when the memory operand is a
-// bare register (task->thread_info.flags at offset 0) and the source an
-// immediate; nullopt otherwise.
-std::optional<unsigned> locked_bit_op(const Instruction& insn, std::string_view op) {
-    const std::string mnemonic = "lock " + std::string(op);
-    if (insn.mnemonic != mnemonic) return std::nullopt;
-    // Capstone (Intel syntax): "qword ptr [reg], imm"
+}  // namespace
+
+std::optional<unsigned> thread_flag_bit_op(const Instruction& insn, std::string_view op) {
+    // On a guest booted with one CPU the kernel's alternatives turned every
+    // LOCK prefix into DS (alternatives_smp_unlock): "btr qword ptr ds:[rdi]".
+    if (insn.mnemonic != op && insn.mnemonic != "lock " + std::string(op)) return std::nullopt;
     const std::string& o = insn.operands;
-    if (o.rfind("qword ptr [", 0) != 0) return std::nullopt;
-    const auto close = o.find(']');
-    if (close == std::string::npos || o.find_first_of("+-", 0) < close) return std::nullopt;
-    const auto comma = o.find(", ", close);
-    if (comma == std::string::npos) return std::nullopt;
+    std::size_t open = 0;
+    if (o.rfind("qword ptr [", 0) == 0) open = 10;
+    else if (o.rfind("qword ptr ds:[", 0) == 0) open = 13;
+    else return std::nullopt;
+    const auto close = o.find(']', open);
+    if (close == std::string::npos || o.find_first_of("+-*", open) < close) return std::nullopt;  // [reg] only
+    if (o.compare(close, 3, "], ") != 0) return std::nullopt;
+    const std::string imm = o.substr(close + 3);
     try {
         std::size_t used = 0;
-        const unsigned long v = std::stoul(o.substr(comma + 2), &used, 0);
-        if (used != o.size() - comma - 2 || v > 63) return std::nullopt;
+        const unsigned long v = std::stoul(imm, &used, 0);
+        if (used != imm.size() || v > 63) return std::nullopt;
         return static_cast<unsigned>(v);
     } catch (const std::exception&) {
         return std::nullopt;
     }
 }
 
+namespace {
+
 std::set<unsigned> locked_bit_ops(const std::vector<Instruction>& code, std::string_view op) {
     std::set<unsigned> bits;
     for (const Instruction& insn : code)
-        if (auto bit = locked_bit_op(insn, op)) bits.insert(*bit);
+        if (auto bit = thread_flag_bit_op(insn, op)) bits.insert(*bit);
     return bits;
 }
 
@@ -77,7 +81,7 @@ ThreadFlagBits derive_thread_flag_bits(GuestKernel& kernel) {
     if (!patch_state) throw Error(ErrorKind::Guest, "task_struct has no patch_state (no CONFIG_LIVEPATCH)");
     std::optional<unsigned> pending;
     for (std::size_t i = 0; i < update.size() && !pending; ++i) {
-        auto bit = locked_bit_op(update[i], "btr");
+        auto bit = thread_flag_bit_op(update[i], "btr");
         if (!bit) continue;
         // The cross-check: the store that follows goes to patch_state.
         const std::string store = "dword ptr [rdi + " + hex_short(patch_state->offset) + "]";
@@ -92,7 +96,8 @@ ThreadFlagBits derive_thread_flag_bits(GuestKernel& kernel) {
     if (!pending)
         throw Error(ErrorKind::Guest, "klp_update_patch_state at " +
                                           (update.empty() ? std::string("?") : hex(update.front().address)) +
-                                          " has no `lock btr` of a thread flag: TIF_PATCH_PENDING not found");
+                                          " has no `lock btr` of a thread flag (nor `btr`, as on a guest booted "
+                                          "with one CPU): TIF_PATCH_PENDING not found");
     bits.patch_pending = *pending;
 
     // TIF_NOTIFY_SIGNAL: what the guest's own klp sets to nudge a task.

@@ -24,6 +24,10 @@
 #include <array>
 #include <cstdint>
 
+#include <optional>
+#include <string_view>
+
+#include "introspect/code_inspect.h"
 #include "introspect/guest_kernel.h"
 
 namespace hvpatch {
@@ -35,6 +39,11 @@ struct ThreadFlagBits {
 
 // Needs CONFIG_LIVEPATCH (klp_update_patch_state).
 ThreadFlagBits derive_thread_flag_bits(GuestKernel& kernel);
+
+// `lock OP qword ptr [reg], N` (OP btr or bts: a thread flag set or cleared
+// atomically through task->thread_info.flags at offset 0) -> N; also the
+// unlocked form a one-CPU guest runs. nullopt for anything else.
+std::optional<unsigned> thread_flag_bit_op(const Instruction& insn, std::string_view op);
 
 using FtraceNop = std::array<std::uint8_t, 5>;
 FtraceNop derive_ftrace_nop(GuestKernel& kernel);
