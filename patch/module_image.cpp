@@ -1502,6 +1502,21 @@ std::uint64_t ModuleImage::symbol_address(std::string_view name) const {
     return found->address;
 }
 
+void check_link_formats(const LivepatchModule& module, const GuestLinkFacts& facts) {
+    std::string refusals;
+    for (const auto& s : module.sections()) {
+        if (s.name == ".altinstructions" && facts.alt_instr_size != 12)
+            refusals += (refusals.empty() ? "" : "; ") + std::string(".altinstructions: the guest's struct alt_instr is ") +
+                        std::to_string(facts.alt_instr_size) +
+                        " bytes (the 6.3+ form with ft_flags); hvpatch applies only the 12-byte form of 4.x-6.2 (and 6.1.y)";
+        if (s.name == "__bug_table" && facts.bug_entry_size != 12)
+            refusals += (refusals.empty() ? "" : "; ") + std::string("__bug_table: the guest's struct bug_entry is ") +
+                        std::to_string(facts.bug_entry_size) + " bytes; hvpatch knows only the 12-byte form";
+    }
+    if (!refusals.empty())
+        throw Error(ErrorKind::Guest, module.path() + " cannot be loaded by hvpatch into this guest: " + refusals);
+}
+
 ModuleImage link_module(const LivepatchModule& module, std::uint64_t base, std::uint64_t extra_text,
                         const GuestLinkFacts& facts) {
     return Linker(module, base, extra_text, facts).run();

@@ -104,6 +104,11 @@ struct GuestLinkFacts {
     std::uint64_t alt_instr_size = 12, bug_entry_size = 12;
 };
 
+// The guest structures the linker would write that it does not know in this
+// guest's form (GuestLinkFacts::alt_instr_size, bug_entry_size): checked
+// before any guest memory is allocated. Throws Error(Guest) naming them.
+void check_link_formats(const LivepatchModule& module, const GuestLinkFacts& facts);
+
 // A symbol defined in a loaded section of the module.
 struct ModuleSymbol {
     std::string name;

@@ -672,6 +672,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
 
             const std::uint64_t tsize = shim::trampoline_size();
             ModuleLayout layout = plan_module_layout(module, tsize * functions.size());
+            check_link_formats(module, link_facts(*s.kernel));
             s.say("allocating " + std::to_string(layout.total_size()) + " bytes of guest module memory");
             s.stage("loading");
             std::uint64_t base = s.call().module_alloc(layout.total_size());
@@ -931,8 +932,10 @@ CheckReport Patcher::check(const std::string& module_path) {
         // hand to a subsystem hvpatch does not register with, and unknown
         // SHF_ALLOC ones (module_image.cpp). It reports the refused special
         // sections check_supported() named already: only when none were.
-        if (report.refusals.size() == refusals_before)
+        if (report.refusals.size() == refusals_before) {
             note([&] { plan_module_layout(module, 0); });  // the trampolines only add size
+            note([&] { check_link_formats(module, link_facts(*s.kernel)); });
+        }
         for (const auto& special : module.special_sections())
             report.special_sections.push_back(special.name + ": " + special.handling);
         if (auto* existing = s.state.find(module.name()))

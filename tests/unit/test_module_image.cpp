@@ -520,6 +520,20 @@ TEST_F(Fixture, KeepsAlternativesWhoseFeatureIsAbsent) {
     EXPECT_THAT(image.actions, Contains(HasSubstr(".altinstructions: 0 alternative(s) applied, 3 kept")));
 }
 
+TEST_F(Fixture, RefusesAlternativesAndBugEntriesOfAnotherForm) {
+    // 6.3+ (Debian 6.12, 7.2): struct alt_instr has u32 ft_flags, 14 bytes;
+    // 7.x bug_entry is 16. Checked before allocation, and again by the linker.
+    EXPECT_NO_THROW(check_link_formats(module, guest.facts()));
+    GuestLinkFacts facts = guest.facts();
+    facts.alt_instr_size = 14;
+    expect_guest_error([&] { check_link_formats(module, facts); },
+                       {".altinstructions", "alt_instr is 14 bytes", "12-byte form"});
+    expect_guest_error([&] { link_module(module, kBase, 0, facts); }, {".altinstructions", "14 bytes"});
+    facts = guest.facts();
+    facts.bug_entry_size = 16;
+    expect_guest_error([&] { check_link_formats(module, facts); }, {"__bug_table", "bug_entry is 16 bytes"});
+}
+
 TEST_F(Fixture, RefusesAnAlternativeForAFeatureBeyondTheCapabilityWords) {
     ModifiedCopy copy("module_image_fixture.ko");
     // Entry 0's cpuid (at +8) becomes 0x7fff: beyond NCAPINTS + NBUGINTS words (the kernel BUGs).
