@@ -68,8 +68,8 @@ std::string list(const std::set<unsigned>& bits) {
 }  // namespace
 
 ThreadFlagBits derive_thread_flag_bits(GuestKernel& kernel) {
-    if (kernel.btf().find_member("thread_info", "flags").value_or(MemberInfo{}).offset != 0 ||
-        kernel.btf().find_member("task_struct", "thread_info").value_or(MemberInfo{.offset = 1}).offset != 0)
+    const auto& task = kernel.layouts().task;
+    if (task.thread_info_flags.offset != 0)
         throw Error(ErrorKind::Guest, "thread_info.flags is not at the start of task_struct: TIF bits not derivable");
     ThreadFlagBits bits;
 
@@ -77,7 +77,7 @@ ThreadFlagBits derive_thread_flag_bits(GuestKernel& kernel) {
     //   if (test_and_clear_tsk_thread_flag(task, TIF_PATCH_PENDING))
     //       task->patch_state = READ_ONCE(klp_target_state);
     const auto update = function_code(kernel, "klp_update_patch_state");
-    const auto patch_state = kernel.btf().find_member("task_struct", "patch_state");
+    const auto& patch_state = task.patch_state;
     if (!patch_state) throw Error(ErrorKind::Guest, "task_struct has no patch_state (no CONFIG_LIVEPATCH)");
     std::optional<unsigned> pending;
     for (std::size_t i = 0; i < update.size() && !pending; ++i) {

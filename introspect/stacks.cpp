@@ -16,16 +16,6 @@ std::optional<StackArea> area(StackType type, std::string name, std::uint64_t be
 
 }  // namespace
 
-std::uint64_t cpu_entry_area_address(unsigned cpu, std::uint64_t cea_size) {
-    // CPU_ENTRY_AREA_PER_CPU = CPU_ENTRY_AREA_RO_IDT + PAGE_SIZE.
-    return kCpuEntryAreaBase + kPageSize + std::uint64_t{cpu} * cea_size;
-}
-
-std::uint64_t entry_stack_address(std::uint64_t cpu_entry_area) {
-    // struct cpu_entry_area { char gdt[PAGE_SIZE]; struct entry_stack_page ...
-    return cpu_entry_area + kPageSize;
-}
-
 std::optional<StackArea> task_stack_area(std::uint64_t task_stack, std::uint64_t thread_size) {
     return area(StackType::Task, "task", task_stack, thread_size);
 }

@@ -53,7 +53,6 @@ inline constexpr std::uint64_t kThreadSize = 4 * kPageSize;          // THREAD_S
 inline constexpr std::uint64_t kIrqStackSize = 4 * kPageSize;        // IRQ_STACK_SIZE
 inline constexpr std::uint64_t kExceptionStackSize = 2 * kPageSize;  // EXCEPTION_STKSZ
 inline constexpr std::uint64_t kEntryStackSize = kPageSize;          // sizeof(struct entry_stack)
-inline constexpr std::uint64_t kCpuEntryAreaBase = 0xfffffe0000000000ull;  // CPU_ENTRY_AREA_BASE
 inline constexpr std::uint64_t kCeaExceptionStacksSize = 19 * kPageSize;  // sizeof(struct cea_exception_stacks)
 
 // Values read from the guest for one task on one CPU. A zero pointer
@@ -69,11 +68,6 @@ struct StackInputs {
     std::uint64_t irq_stack_size = kIrqStackSize;
     std::uint64_t exception_stack_size = kExceptionStackSize;
 };
-
-// get_cpu_entry_area(cpu) of 6.1: `cea_size` is sizeof(struct cpu_entry_area).
-std::uint64_t cpu_entry_area_address(unsigned cpu, std::uint64_t cea_size);
-// &cea->entry_stack_page.stack (after the GDT page).
-std::uint64_t entry_stack_address(std::uint64_t cpu_entry_area);
 
 // The task stack alone (what a sleeping task may use).
 std::optional<StackArea> task_stack_area(std::uint64_t task_stack, std::uint64_t thread_size = kThreadSize);

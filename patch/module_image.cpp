@@ -1034,10 +1034,7 @@ void Linker::apply_alternatives(const KoSection& s) {
     // s32 instr_offset, s32 repl_offset, u16 cpuid (bit 15 = ALTINSTR_FLAG_INV:
     // patch when the feature is absent), u8 instrlen, u8 replacementlen. In
     // table order (a later entry may rewrite an earlier one's bytes).
-    constexpr std::size_t kEntry = 12;
-    if (facts_.alt_instr_size != kEntry)
-        fail(".altinstructions: the guest's struct alt_instr is " + std::to_string(facts_.alt_instr_size) +
-             " bytes (the 6.3+ form with ft_flags); hvpatch applies only the 12-byte form of 4.x-6.2 (and 6.1.y)");
+    constexpr std::size_t kEntry = 12;  // check_link_formats() refused other forms
     std::size_t n = entries(s, kEntry), applied = 0, kept = 0, dropped = 0;
     for (std::size_t i = 0; i < n; ++i) {
         Site f_instr{s.index, i * kEntry}, f_repl{s.index, i * kEntry + 4};
@@ -1213,9 +1210,6 @@ void Linker::handle_bug_table(const KoSection& s) {
     // WARN, without the report. BUG's ud2 stays: fatal either way.
     constexpr std::size_t kEntry = 12;
     constexpr std::uint16_t kBugFlagWarning = 1;
-    if (facts_.bug_entry_size != kEntry)
-        fail("__bug_table: the guest's struct bug_entry is " + std::to_string(facts_.bug_entry_size) +
-             " bytes; hvpatch knows only the 12-byte form (relative pointers, file and line)");
     std::size_t n = entries(s, kEntry), warns = 0, bugs = 0, dropped = 0;
     for (std::size_t i = 0; i < n; ++i) {
         Site f{s.index, i * kEntry};
@@ -1519,6 +1513,7 @@ void check_link_formats(const LivepatchModule& module, const GuestLinkFacts& fac
 
 ModuleImage link_module(const LivepatchModule& module, std::uint64_t base, std::uint64_t extra_text,
                         const GuestLinkFacts& facts) {
+    check_link_formats(module, facts);
     return Linker(module, base, extra_text, facts).run();
 }
 

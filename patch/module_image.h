@@ -106,7 +106,8 @@ struct GuestLinkFacts {
 
 // The guest structures the linker would write that it does not know in this
 // guest's form (GuestLinkFacts::alt_instr_size, bug_entry_size): checked
-// before any guest memory is allocated. Throws Error(Guest) naming them.
+// before any guest memory is allocated, and by link_module(). Throws
+// Error(Guest) naming them.
 void check_link_formats(const LivepatchModule& module, const GuestLinkFacts& facts);
 
 // A symbol defined in a loaded section of the module.

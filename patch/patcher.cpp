@@ -330,11 +330,18 @@ std::vector<std::uint32_t> cpu_capabilities(GuestKernel& kernel) {
     return words;
 }
 
-GuestLinkFacts link_facts(GuestKernel& kernel) {
+// The structure sizes alone: what check_link_formats() needs, without
+// listing the guest's modules.
+GuestLinkFacts link_format_facts(GuestKernel& kernel) {
     GuestLinkFacts facts;
     const KernelBtf& btf = kernel.btf();
     facts.alt_instr_size = btf.has_type("alt_instr") ? btf.size_of("alt_instr") : 0;
     facts.bug_entry_size = btf.has_type("bug_entry") ? btf.size_of("bug_entry") : 0;
+    return facts;
+}
+
+GuestLinkFacts link_facts(GuestKernel& kernel) {
+    GuestLinkFacts facts = link_format_facts(kernel);
     auto modules = std::make_shared<std::vector<GuestModule>>(list_modules(kernel));
     facts.resolve = [&kernel, modules](const std::string& object, const std::string& name,
                                        std::uint64_t sympos) -> std::optional<std::uint64_t> {
@@ -672,7 +679,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
 
             const std::uint64_t tsize = shim::trampoline_size();
             ModuleLayout layout = plan_module_layout(module, tsize * functions.size());
-            check_link_formats(module, link_facts(*s.kernel));
+            check_link_formats(module, link_format_facts(*s.kernel));
             s.say("allocating " + std::to_string(layout.total_size()) + " bytes of guest module memory");
             s.stage("loading");
             std::uint64_t base = s.call().module_alloc(layout.total_size());
@@ -934,7 +941,7 @@ CheckReport Patcher::check(const std::string& module_path) {
         // sections check_supported() named already: only when none were.
         if (report.refusals.size() == refusals_before) {
             note([&] { plan_module_layout(module, 0); });  // the trampolines only add size
-            note([&] { check_link_formats(module, link_facts(*s.kernel)); });
+            note([&] { check_link_formats(module, link_format_facts(*s.kernel)); });
         }
         for (const auto& special : module.special_sections())
             report.special_sections.push_back(special.name + ": " + special.handling);

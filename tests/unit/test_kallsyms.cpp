@@ -268,6 +268,11 @@ std::vector<Sym> kernel_like_symbols(std::size_t count = 3000, std::uint64_t see
     return out;
 }
 
+std::vector<Sym> without_absolute(std::vector<Sym> syms) {
+    syms.erase(std::remove_if(syms.begin(), syms.end(), [](const Sym& s) { return s.absolute; }), syms.end());
+    return syms;
+}
+
 void expect_round_trip(const KallsymsTable& table, const std::vector<Sym>& syms) {
     ASSERT_EQ(table.symbols().size(), syms.size());
     for (std::size_t i = 0; i < syms.size(); ++i) {
@@ -329,8 +334,7 @@ TEST(Kallsyms, LocateAndDecodeRoundTrip61) {
 }
 
 TEST(Kallsyms, WithoutSeqsOfNamesOrAbsolutePercpu) {
-    std::vector<Sym> syms = kernel_like_symbols(1500, 11);
-    syms.erase(std::remove_if(syms.begin(), syms.end(), [](const Sym& s) { return s.absolute; }), syms.end());
+    std::vector<Sym> syms = without_absolute(kernel_like_symbols(1500, 11));
     EncodeOptions opt;
     opt.seqs_of_names = false;
     opt.absolute_percpu = false;
@@ -438,11 +442,6 @@ TEST(Kallsyms, ResolveLikePercentPS) {
 }
 
 // ---- later layouts: 6.4+ order, 6.15 without absolute per-CPU, 7.0 place-relative ----
-
-std::vector<Sym> without_absolute(std::vector<Sym> syms) {
-    syms.erase(std::remove_if(syms.begin(), syms.end(), [](const Sym& s) { return s.absolute; }), syms.end());
-    return syms;
-}
 
 TEST(Kallsyms, LocatesThe64Order) {
     std::vector<Sym> syms = kernel_like_symbols(1000);

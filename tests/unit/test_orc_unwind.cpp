@@ -171,7 +171,9 @@ protected:
         ctx.stack_of = k61::stack_lookup(k61::stack_areas(in));
         ctx.ret_from_fork = kRetFromFork;
     }
-    static std::uint64_t entry_stack() { return k61::entry_stack_address(k61::cpu_entry_area_address(0, 0x3b000)); }
+    // CPU 0's entry stack in 6.1's unrandomized layout: CPU_ENTRY_AREA_BASE
+    // + PAGE_SIZE (the read-only IDT) + PAGE_SIZE (the GDT).
+    static std::uint64_t entry_stack() { return 0xfffffe0000002000ull; }
 
     // A sleeping task: writes the inactive_task_frame below `sp0` (the sp
     // of the first frame) and returns task->thread.sp.
@@ -827,7 +829,7 @@ TEST(Stacks, Linux61Layout) {
     in.task_stack = kTaskStack;
     in.hardirq_stack_ptr = kHardirqStackPtr;
     in.cea_exception_stacks = kCeaExceptionStacks;
-    in.entry_stack = k61::entry_stack_address(k61::cpu_entry_area_address(1, 0x3b000));
+    in.entry_stack = 0xfffffe000003d000ull;  // CPU 1's, cpu_entry_area 0x3b000 bytes
     auto areas = k61::stack_areas(in);
     ASSERT_EQ(areas.size(), 9u);
     auto at = [&](std::size_t i, StackType t, const char* name, std::uint64_t begin, std::uint64_t end) {
