@@ -89,9 +89,6 @@ std::size_t trampoline_size() { return template_layout().size; }
 
 std::vector<std::byte> build_trampoline(const TrampolineParams& params) {
     const TemplateLayout& layout = template_layout();
-    if (params.current_task_offset < 0)
-        throw Error(ErrorKind::Guest, "trampoline at " + hex(params.address) + ": per-CPU offset of current_task " +
-                                          std::to_string(params.current_task_offset) + " is negative");
     if (params.patch_state_offset < 0)
         throw Error(ErrorKind::Guest, "trampoline at " + hex(params.address) + ": task_struct.patch_state offset " +
                                           std::to_string(params.patch_state_offset) + " is negative");

@@ -47,7 +47,9 @@ namespace hvpatch::shim {
 
 struct TrampolineParams {
     std::uint64_t address = 0;             // where the blob will live in the guest
-    std::int32_t current_task_offset = 0;  // per-CPU offset of current_task (gs-relative), >= 0
+    // %gs-relative disp32 of current_task: a zero-based per-CPU offset (up to
+    // 6.14) or, sign-extended, its address in the kernel image (6.15+).
+    std::int32_t current_task_offset = 0;
     std::int32_t patch_state_offset = 0;   // offsetof(struct task_struct, patch_state), >= 0
     // Where a task in KLP_UNPATCHED goes: normally the old function right
     // after the replaced NOP (patch site + 5); for a function already taken

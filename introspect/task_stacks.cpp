@@ -16,19 +16,22 @@ int kernel_minor(const std::string& release, int* major) {
 
 }  // namespace
 
+std::optional<OrcHeader> guest_orc_header(GuestKernel& kernel) {
+    auto start = kernel.find_symbol("__start_orc_header");
+    if (!start) return std::nullopt;
+    const std::uint64_t stop = kernel.symbol("__stop_orc_header");
+    if (stop - *start != std::tuple_size_v<OrcHeader>)
+        throw Error(ErrorKind::Guest, ".orc_header at " + hex(*start) + " is " + std::to_string(stop - *start) +
+                                          " bytes (__stop_orc_header " + hex(stop) + "), not a 20-byte hash");
+    OrcHeader header{};
+    kernel.memory().read(GuestVirtAddr{*start}, std::as_writable_bytes(std::span(header)));
+    return header;
+}
+
 OrcFormat guest_orc_format(GuestKernel& kernel) {
     int major = 0;
     int minor = kernel_minor(kernel.info().release, &major);
-    std::optional<OrcHeader> header;
-    if (auto start = kernel.find_symbol("__start_orc_header")) {
-        const std::uint64_t stop = kernel.symbol("__stop_orc_header");
-        if (stop - *start != std::tuple_size_v<OrcHeader>)
-            throw Error(ErrorKind::Guest, ".orc_header at " + hex(*start) + " is " + std::to_string(stop - *start) +
-                                              " bytes (__stop_orc_header " + hex(stop) + "), not a 20-byte hash");
-        header.emplace();
-        kernel.memory().read(GuestVirtAddr{*start}, std::as_writable_bytes(std::span(*header)));
-    }
-    return orc_format_for_kernel(major, minor, header);
+    return orc_format_for_kernel(major, minor, guest_orc_header(kernel));
 }
 
 std::string ResolvedFrame::describe() const {

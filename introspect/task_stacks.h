@@ -51,6 +51,8 @@ struct ForeignCode {
 // The guest's ORC format: from its .orc_header hash (6.4+), else from its
 // version (orc_format_for_kernel). Error(Guest) for an unknown hash.
 OrcFormat guest_orc_format(GuestKernel& kernel);
+// The image's 20-byte .orc_header (6.4+), nullopt for older kernels.
+std::optional<OrcHeader> guest_orc_header(GuestKernel& kernel);
 
 class StackWalker {
 public:

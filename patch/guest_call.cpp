@@ -130,6 +130,7 @@ GuestCaller::GuestCaller(GuestKernel& kernel, GuestCallOptions options)
     // without that evidence the lower (512 MiB) bound is used.
     modules_vaddr_ = kStartKernelMap + (kernel_.find_symbol("module_load_offset") ? (1ULL << 30) : (512ULL << 20));
     modules_end_ = kModulesEnd;
+    find_allocator();  // execmem kernels: the module area from execmem_info
     find_trap();
 }
 
@@ -144,7 +145,7 @@ void GuestCaller::find_trap() {
     std::uint64_t stext = kernel_.symbol("_stext"), etext = kernel_.symbol("_etext");
     std::vector<std::uint64_t> candidates;
     for (const char* name : {"set_memory_ro", "set_memory_rw", "set_memory_x", "set_memory_nx", "module_memfree",
-                             "module_alloc"})
+                             "module_alloc", "execmem_alloc", "execmem_free"})
         if (auto addr = kernel_.find_symbol(name)) candidates.push_back(*addr);
     for (const auto& sym : kernel_.symbols().symbols()) {
         if (candidates.size() >= static_cast<std::size_t>(kMaxTrapCandidates)) break;
@@ -405,20 +406,115 @@ std::vector<std::uint64_t> GuestCaller::call_sequence(const std::vector<GuestCal
     return results;
 }
 
-std::uint64_t GuestCaller::module_alloc(std::uint64_t size) {
-    std::uint64_t p = call("module_alloc", {size});
-    if (p == 0) throw Error(ErrorKind::Guest, "module_alloc(" + std::to_string(size) + ") failed in the guest (NULL)");
+void GuestCaller::find_allocator() {
+    if (allocator_) return;
+    Allocator a;
+    if (kernel_.find_symbol("module_alloc") && kernel_.find_symbol("module_memfree")) {
+        a.alloc = "module_alloc";
+        a.free = "module_memfree";
+        a.description = "module_alloc";
+        allocator_ = a;
+        return;
+    }
+    if (!kernel_.find_symbol("execmem_alloc") || !kernel_.find_symbol("execmem_free")) {
+        a.problem = "the guest kernel has neither module_alloc/module_memfree (up to 6.9) nor "
+                    "execmem_alloc/execmem_free (6.10+)";
+        allocator_ = a;
+        return;
+    }
+    // 6.10+: execmem_alloc(type, size). hvpatch asks for EXECMEM_MODULE_DATA,
+    // ordinary PAGE_KERNEL vmalloc memory in the module area, and protects
+    // the text itself with set_memory_ro/x as before. EXECMEM_MODULE_TEXT
+    // would do on kernels without ARCH_HAS_EXECMEM_ROX, but from 6.15 x86
+    // serves it from a cache of read-only executable huge pages that only
+    // text_poke can write (execmem_is_rox).
+    const KernelBtf& btf = kernel_.btf();
+    auto type = btf.enum_value("EXECMEM_MODULE_DATA");
+    if (!type || *type < 0) {
+        a.problem = "the guest has execmem_alloc but its BTF has no EXECMEM_MODULE_DATA";
+        allocator_ = a;
+        return;
+    }
+    // The range that type allocates from: execmem_info->ranges[type]. Two
+    // symbols carry the name: mm/execmem.c's pointer, and the x86 structure
+    // it points to (arch/x86/mm/init.c); the pointer is the one whose value
+    // is the other's address.
+    auto candidates = kernel_.symbols().find_all("execmem_info");
+    std::optional<std::uint64_t> info;
+    for (const auto& c : candidates) {
+        std::uint64_t value = kernel_.memory().read_u64(GuestVirtAddr{c.address.value});
+        for (const auto& other : candidates)
+            if (&other != &c && other.address.value == value) info = value;
+    }
+    if (!info) {
+        a.problem = "cannot tell the guest's execmem_info pointer among " + std::to_string(candidates.size()) +
+                    " symbols of that name";
+        allocator_ = a;
+        return;
+    }
+    auto ranges = btf.find_member("execmem_info", "ranges");
+    auto start = btf.find_member("execmem_range", "start");
+    auto end = btf.find_member("execmem_range", "end");
+    auto flags = btf.find_member("execmem_range", "flags");
+    if (!ranges || !start || !end || !btf.has_type("execmem_range")) {
+        a.problem = "guest BTF lacks struct execmem_info.ranges or execmem_range.start/end";
+        allocator_ = a;
+        return;
+    }
+    const std::uint64_t range_size = btf.size_of("execmem_range");
+    if (range_size == 0 || static_cast<std::uint64_t>(*type) >= ranges->size / range_size) {
+        a.problem = "EXECMEM_MODULE_DATA (" + std::to_string(*type) + ") lies beyond execmem_info.ranges";
+        allocator_ = a;
+        return;
+    }
+    const std::uint64_t range = *info + ranges->offset + static_cast<std::uint64_t>(*type) * range_size;
+    const std::uint64_t lo = kernel_.memory().read_u64(GuestVirtAddr{range + start->offset});
+    const std::uint64_t hi = kernel_.memory().read_u64(GuestVirtAddr{range + end->offset});
+    if (lo < kStartKernelMap || hi > kModulesEnd || lo >= hi) {
+        a.problem = "execmem_info->ranges[EXECMEM_MODULE_DATA] is " + hex(lo) + ".." + hex(hi) +
+                    ", not within the module area " + hex(kStartKernelMap) + ".." + hex(kModulesEnd);
+        allocator_ = a;
+        return;
+    }
+    if (auto rox = btf.enum_value("EXECMEM_ROX_CACHE"); rox && flags && flags->size == 4) {
+        std::uint32_t f = kernel_.memory().read_u32(GuestVirtAddr{range + flags->offset});
+        if (f & static_cast<std::uint32_t>(*rox)) {
+            a.problem = "the guest serves EXECMEM_MODULE_DATA from its read-only executable cache "
+                        "(execmem_info flags " + hex_short(f) + "): hvpatch could not write the patch there";
+            allocator_ = a;
+            return;
+        }
+    }
+    modules_vaddr_ = lo;
+    modules_end_ = hi;
+    a.alloc = "execmem_alloc";
+    a.free = "execmem_free";
+    a.type = static_cast<std::uint64_t>(*type);
+    a.description = "execmem_alloc(EXECMEM_MODULE_DATA=" + std::to_string(*type) + ") in " + hex(lo) + ".." + hex(hi);
+    allocator_ = a;
+}
+
+std::string GuestCaller::module_allocator() {
+    find_allocator();
+    if (!allocator_->problem.empty()) throw Error(ErrorKind::Guest, allocator_->problem);
+    return allocator_->description;
+}
+
+std::uint64_t GuestCaller::allocate_module_memory(std::uint64_t size) {
+    const std::string what = module_allocator() + " of " + std::to_string(size) + " bytes";
+    std::uint64_t p = allocator_->type ? call(allocator_->alloc, {*allocator_->type, size}) : call(allocator_->alloc, {size});
+    if (p == 0) throw Error(ErrorKind::Guest, what + " failed in the guest (NULL)");
     std::string problem;
     if (p < modules_vaddr_ || p >= modules_end_ || size > modules_end_ - p)
         problem = "outside the module area " + hex(modules_vaddr_) + ".." + hex(modules_end_);
+    if (p % 4096 != 0) problem = "not page-aligned";
     std::uint64_t text = kernel_.info().text.value;
     std::uint64_t end = kernel_.find_symbol("_end").value_or(text + kernel_.image().size);
     if (problem.empty() && std::max(p + size, end) - std::min(p, text) > kRel32Reach)
         problem = "not within ±2 GiB of the kernel image " + hex(text) + ".." + hex(end);
     if (!problem.empty()) {
-        module_memfree(p);
-        throw Error(ErrorKind::Guest, "module_alloc(" + std::to_string(size) + ") returned " + hex(p) + ", " + problem +
-                                          " (freed again)");
+        free_module_memory(p);
+        throw Error(ErrorKind::Guest, what + " returned " + hex(p) + ", " + problem + " (freed again)");
     }
     return p;
 }
@@ -437,7 +533,10 @@ void GuestCaller::set_memory_rw(std::uint64_t addr, int pages) { set_memory("set
 void GuestCaller::set_memory_x(std::uint64_t addr, int pages) { set_memory("set_memory_x", addr, pages); }
 void GuestCaller::set_memory_nx(std::uint64_t addr, int pages) { set_memory("set_memory_nx", addr, pages); }
 
-void GuestCaller::module_memfree(std::uint64_t addr) { call("module_memfree", {addr}); }
+void GuestCaller::free_module_memory(std::uint64_t addr) {
+    module_allocator();
+    call(allocator_->free, {addr});
+}
 
 namespace {
 
@@ -477,7 +576,8 @@ void GuestCaller::unprotect_and_free_module(std::uint64_t base, int text_pages, 
         requests.push_back(request("set_memory_nx", base, text_pages));
         requests.push_back(request("set_memory_rw", base, text_pages + rodata_pages));
     }
-    requests.push_back({kernel_.symbols().require("module_memfree").address.value, "module_memfree", {base}, {}});
+    module_allocator();
+    requests.push_back({kernel_.symbols().require(allocator_->free).address.value, allocator_->free, {base}, {}});
     check_sequence(requests, call_sequence(requests));
 }
 

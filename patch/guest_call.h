@@ -47,6 +47,7 @@
 #include <functional>
 #include <cstdint>
 #include <initializer_list>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -118,29 +119,37 @@ public:
     // than requested if a stop_unless said stop). Errors as call().
     std::vector<std::uint64_t> call_sequence(const std::vector<GuestCallRequest>& requests);
 
-    // module_alloc(size): the address, checked to be non-zero, inside the
-    // module area [MODULES_VADDR, MODULES_END) of this kernel and within
+    // Guest memory for a patch module, from the guest's own module
+    // allocator: module_alloc(size) up to 6.9, execmem_alloc(
+    // EXECMEM_MODULE_DATA, size) from 6.10 (see module_allocator()). The
+    // address is checked to be non-zero, inside the module area and within
     // ±2 GiB of the whole kernel image, else Error(Guest) (an allocation
-    // that fails a check after it succeeded is freed again first).
-    std::uint64_t module_alloc(std::uint64_t size);
+    // that fails a check after it succeeded is freed again first). The
+    // memory is PAGE_KERNEL (RW+NX) either way.
+    std::uint64_t allocate_module_memory(std::uint64_t size);
     // set_memory_*(addr, pages): Error(Guest) unless the guest returns 0.
     void set_memory_ro(std::uint64_t addr, int pages);
     void set_memory_rw(std::uint64_t addr, int pages);
     void set_memory_x(std::uint64_t addr, int pages);
     void set_memory_nx(std::uint64_t addr, int pages);
     // Page permissions of a loaded patch in one call sequence: text RO+X,
-    // rodata RO (data stays RW+NX as module_alloc made it). Error(Guest)
+    // rodata RO (data stays RW+NX as allocated). Error(Guest)
     // naming the first set_memory_* that did not return 0 (the later ones
     // are not made).
     void protect_module(std::uint64_t base, int text_pages, int rodata_pages);
-    // The reverse, then module_memfree(base): text NX, text+rodata RW, free.
+    // The reverse, then frees base: text NX, text+rodata RW, free.
     void unprotect_and_free_module(std::uint64_t base, int text_pages, int rodata_pages, bool protected_before);
-    // module_memfree(addr) (returns nothing).
-    void module_memfree(std::uint64_t addr);
+    // module_memfree(addr) or execmem_free(addr) (returns nothing).
+    void free_module_memory(std::uint64_t addr);
+    // Which allocator the guest has, e.g. "module_alloc" or
+    // "execmem_alloc(EXECMEM_MODULE_DATA=5)"; Error(Guest) if neither.
+    std::string module_allocator();
 
-    // The module area of this kernel: MODULES_VADDR is _START_KERNEL_map +
-    // KERNEL_IMAGE_SIZE (1 GiB with CONFIG_RANDOMIZE_BASE, else 512 MiB),
-    // MODULES_END 0xffffffffff000000 (arch/x86/include/asm/pgtable_64_types.h).
+    // The module area of this kernel: with execmem (6.10+) the range the
+    // guest's execmem_info gives the allocation type; before, MODULES_VADDR
+    // = _START_KERNEL_map + KERNEL_IMAGE_SIZE (1 GiB with
+    // CONFIG_RANDOMIZE_BASE, else 512 MiB) to MODULES_END 0xffffffffff000000
+    // (arch/x86/include/asm/pgtable_64_types.h).
     std::uint64_t modules_vaddr() const { return modules_vaddr_; }
     std::uint64_t modules_end() const { return modules_end_; }
 
@@ -162,6 +171,8 @@ private:
     void find_trap();
     void write_guest_u64(std::uint64_t addr, std::uint64_t value);
     void set_memory(std::string_view function, std::uint64_t addr, int pages);
+    // Finds the allocator once (module_allocator() reports it).
+    void find_allocator();
 
     GuestKernel& kernel_;
     Machine& machine_;
@@ -169,6 +180,12 @@ private:
     std::vector<std::pair<std::string, std::uint64_t>> entries_;
     std::uint64_t trap_ = 0;
     std::uint64_t modules_vaddr_ = 0, modules_end_ = 0;
+    struct Allocator {
+        std::string alloc, free;              // guest functions
+        std::optional<std::uint64_t> type;    // execmem_alloc's first argument
+        std::string description, problem;     // problem: why there is none
+    };
+    std::optional<Allocator> allocator_;
     GuestCallReport last_;
 };
 

@@ -17,12 +17,6 @@ static_assert(std::endian::native == std::endian::little, "the image is built in
 namespace hvpatch {
 namespace {
 
-std::string hex(std::uint64_t v) {
-    std::ostringstream s;
-    s << "0x" << std::hex << v;
-    return s.str();
-}
-
 std::string hex_bytes(const std::byte* p, std::size_t n) {
     static const char digits[] = "0123456789abcdef";
     std::string out;
@@ -157,6 +151,8 @@ constexpr SectionRule kKnownSections[] = {
     {.name = ".orc_unwind_ip", .role = Role::SiteTable, .tolerates_skipped_targets = true},
     {.name = ".ibt_endbr_seal", .role = Role::SiteTable, .tolerates_skipped_targets = true},
     {.name = "__ex_table", .role = Role::SiteTable, .tolerates_skipped_targets = true},
+    {.name = ".call_sites", .role = Role::SiteTable, .tolerates_skipped_targets = true},
+    {.name = ".orc_header", .role = Role::SiteTable},
     // Tables the guest hands to a subsystem; unregistered they do no harm.
     {.name = "__param",
      .role = Role::Inert,
@@ -198,6 +194,13 @@ constexpr SectionRule kKnownSections[] = {
     {.name = ".BTF",
      .role = Role::Inert,
      .note = "the module's BTF is not registered with the guest (no /sys/kernel/btf/<name>)"},
+    // -fpatchable-function-entry (CONFIG_CALL_PADDING, 6.2+): the padding
+    // bytes before each function. x86 never reads the table (arm64 and
+    // riscv ftrace do); the padding stays int3/nop as built.
+    {.name = "__patchable_function_entries",
+     .role = Role::Inert,
+     .note = "function padding locations: not used by x86 kernels",
+     .tolerates_skipped_targets = true},
 };
 
 const SectionRule* find_rule(std::string_view name) {
@@ -262,7 +265,7 @@ SectionFate classify(const KoSection& s) {
     }
     if (s.alignment > kModulePageSize) {
         f.fate = Fate::Refused;
-        f.why = "alignment " + hex(s.alignment) + " exceeds the page alignment of the allocation";
+        f.why = "alignment " + hex_short(s.alignment) + " exceeds the page alignment of the allocation";
         return f;
     }
     if (!f.rule) {
@@ -312,11 +315,6 @@ void add_nops(std::uint8_t* p, std::size_t len) {
     }
 }
 
-// X86_FEATURE_* of 6.1.0-56 (arch/x86/include/asm/cpufeatures.h).
-constexpr unsigned kFeatureRetpoline = 11 * 32 + 12;
-constexpr unsigned kFeatureRetpolineLfence = 11 * 32 + 13;
-constexpr unsigned kFeatureRethunk = 11 * 32 + 14;
-constexpr unsigned kFeatureIndirectThunkIts = 21 * 32 + 5;
 constexpr std::uint16_t kAltInstrFlagInv = 1 << 15;  // ALTINSTR_FLAG_INV
 
 constexpr std::uint8_t kCall = 0xe8, kJmp32 = 0xe9, kJmp8 = 0xeb, kInt3 = 0xcc, kRet = 0xc3;
@@ -389,8 +387,8 @@ private:
     std::uint64_t field_address(Site s) const { return section_address(s.section) + s.offset; }
     std::byte* at(std::uint64_t address, std::uint64_t length, std::string_view what) {
         if (!img_.contains(address, length))
-            fail(std::string(what) + " at " + hex(address) + " (" + std::to_string(length) +
-                 " bytes) lies outside the module image [" + hex(img_.base) + ", " + hex(img_.end()) + ")");
+            fail(std::string(what) + " at " + hex_short(address) + " (" + std::to_string(length) +
+                 " bytes) lies outside the module image [" + hex_short(img_.base) + ", " + hex_short(img_.end()) + ")");
         return img_.bytes.data() + (address - img_.base);
     }
     template <typename T>
@@ -423,7 +421,7 @@ private:
     void put_relative(Site s, std::uint64_t target) {
         std::uint64_t a = field_address(s);
         auto d = static_cast<std::int64_t>(target - a);
-        if (!fits_s32(d)) fail("cannot encode " + hex(target) + " relative to " + hex(a));
+        if (!fits_s32(d)) fail("cannot encode " + hex_short(target) + " relative to " + hex_short(a));
         put<std::int32_t>(a, static_cast<std::int32_t>(d), "relative field");
     }
 
@@ -432,6 +430,13 @@ private:
     std::optional<std::uint64_t> optional_kernel_symbol(const std::string& name);
     std::uint64_t read_guest_u64(std::uint64_t address, std::string_view what);
     bool cpu_has(unsigned feature, std::string_view needed_for) const;
+    // The guest's branch-site choices; fails with what could not be derived.
+    const BranchMitigations& mitigations(std::string_view needed_for) const {
+        if (!facts_.mitigations.problem.empty())
+            fail("cannot tell how the guest patches " + std::string(needed_for) + ": " + facts_.mitigations.problem);
+        return facts_.mitigations;
+    }
+    void check_orc_header(const KoSection& s);
 
     // Steps.
     void layout_and_copy();
@@ -484,14 +489,14 @@ std::optional<std::size_t> Linker::loaded_section_at(std::uint64_t address, std:
 
 std::uint8_t* Linker::code(std::uint64_t address, std::uint64_t length, std::string_view what) {
     if (!loaded_section_at(address, length))
-        fail(std::string(what) + " at " + hex(address) + " (" + std::to_string(length) +
+        fail(std::string(what) + " at " + hex_short(address) + " (" + std::to_string(length) +
              " bytes) does not lie within a loaded section of the module");
     return reinterpret_cast<std::uint8_t*>(img_.bytes.data() + (address - img_.base));
 }
 
 std::string Linker::describe(std::uint64_t address) const {
     auto sec = loaded_section_at(address, 0);
-    if (!sec) return hex(address);
+    if (!sec) return hex_short(address);
     std::uint64_t off = address - section_address(*sec);
     const KoSymbol* best = nullptr;
     for (const auto& s : m_.symbols()) {
@@ -500,8 +505,8 @@ std::string Linker::describe(std::uint64_t address) const {
         if (s.size != 0 && off >= s.value + s.size) continue;
         if (!best || s.value > best->value || (s.value == best->value && s.type == STT_FUNC)) best = &s;
     }
-    if (best) return best->name + "+" + hex(off - best->value);
-    return m_.sections()[*sec].name + "+" + hex(off);
+    if (best) return best->name + "+" + hex_short(off - best->value);
+    return m_.sections()[*sec].name + "+" + hex_short(off);
 }
 
 std::optional<std::uint64_t> Linker::optional_kernel_symbol(const std::string& name) {
@@ -522,7 +527,7 @@ std::uint64_t Linker::read_guest_u64(std::uint64_t address, std::string_view wha
     if (!facts_.read_u32) throw Error(ErrorKind::Internal, "GuestLinkFacts.read_u32 is not set");
     auto lo = facts_.read_u32(address);
     auto hi = lo ? facts_.read_u32(address + 4) : std::nullopt;
-    if (!lo || !hi) fail("cannot read " + std::string(what) + " at " + hex(address) + " in guest memory");
+    if (!lo || !hi) fail("cannot read " + std::string(what) + " at " + hex_short(address) + " in guest memory");
     return std::uint64_t(*hi) << 32 | *lo;
 }
 
@@ -546,10 +551,10 @@ std::size_t Linker::entries(const KoSection& s, std::size_t entry_size) {
 void Linker::layout_and_copy() {
     img_.layout = plan_module_layout(m_, extra_text_);
     if (img_.base % kModulePageSize != 0)
-        throw Error(ErrorKind::Usage, m_.path() + ": module base " + hex(img_.base) + " is not page-aligned");
+        throw Error(ErrorKind::Usage, m_.path() + ": module base " + hex_short(img_.base) + " is not page-aligned");
     if (img_.base + img_.layout.total_size() < img_.base)
-        throw Error(ErrorKind::Usage, m_.path() + ": module base " + hex(img_.base) + " + size " +
-                                          hex(img_.layout.total_size()) + " wraps around");
+        throw Error(ErrorKind::Usage, m_.path() + ": module base " + hex_short(img_.base) + " + size " +
+                                          hex_short(img_.layout.total_size()) + " wraps around");
     img_.bytes.assign(img_.layout.total_size(), std::byte{0});  // move_module(): memset 0, SHT_NOBITS stay 0
     for (const auto& s : m_.sections()) fate_.push_back(classify(s));
     for (const auto& [index, offset] : img_.layout.section_offset) {
@@ -591,7 +596,7 @@ void Linker::resolve_symbols() {
                 break;
             default:
                 if (s.shndx >= m_.sections().size())
-                    fail("symbol " + s.name + " has section index " + hex(s.shndx) + ", which the kernel refuses");
+                    fail("symbol " + s.name + " has section index " + hex_short(s.shndx) + ", which the kernel refuses");
                 if (loaded(fate_[s.shndx].fate))
                     v.value = section_address(s.shndx) + s.value;
                 else
@@ -613,9 +618,9 @@ void Linker::apply_one(const KoRelocationSection& rs, const KoRelocation& r, std
     // displacement is a silent wrong jump, so it is refused here.
     const KoSection& target = m_.sections()[rs.target];
     auto where = [&] {
-        return rs.name + " entry at " + target.name + "+" + hex(r.offset) + " (" + reloc_type_name(r.type) + " " +
+        return rs.name + " entry at " + target.name + "+" + hex_short(r.offset) + " (" + reloc_type_name(r.type) + " " +
                symbol_name + (r.addend < 0 ? "-" : "+") +
-               hex(r.addend < 0 ? 0 - static_cast<std::uint64_t>(r.addend) : static_cast<std::uint64_t>(r.addend)) +
+               hex_short(r.addend < 0 ? 0 - static_cast<std::uint64_t>(r.addend) : static_cast<std::uint64_t>(r.addend)) +
                ")";
     };
     std::uint64_t width = 0;
@@ -641,25 +646,25 @@ void Linker::apply_one(const KoRelocationSection& rs, const KoRelocation& r, std
     std::uint64_t existing = 0;
     std::memcpy(&existing, loc, width);
     if (existing != 0)
-        fail(where() + ": the field already holds " + hex(existing) +
+        fail(where() + ": the field already holds " + hex_short(existing) +
              " (the kernel refuses a relocation of a nonzero field: invalid relocation target)");
     std::uint64_t val = symbol_value + static_cast<std::uint64_t>(r.addend);
     switch (r.type) {
         case R_X86_64_64:
             break;
         case R_X86_64_32:
-            if (val > UINT32_MAX) fail(where() + ": value " + hex(val) + " does not fit 32 bits (zero-extended)");
+            if (val > UINT32_MAX) fail(where() + ": value " + hex_short(val) + " does not fit 32 bits (zero-extended)");
             break;
         case R_X86_64_32S:
             if (!fits_s32(static_cast<std::int64_t>(val)))
-                fail(where() + ": value " + hex(val) + " does not fit 32 bits (sign-extended)");
+                fail(where() + ": value " + hex_short(val) + " does not fit 32 bits (sign-extended)");
             break;
         case R_X86_64_PC32:
         case R_X86_64_PLT32:
             val -= place;
             if (!fits_s32(static_cast<std::int64_t>(val)))
-                fail(where() + ": target " + hex(symbol_value + static_cast<std::uint64_t>(r.addend)) +
-                     " is out of range of a 32-bit displacement from " + hex(place) + " (more than 2 GiB away)");
+                fail(where() + ": target " + hex_short(symbol_value + static_cast<std::uint64_t>(r.addend)) +
+                     " is out of range of a 32-bit displacement from " + hex_short(place) + " (more than 2 GiB away)");
             break;
         case R_X86_64_PC64:
             val -= place;
@@ -696,7 +701,7 @@ void Linker::apply_relocations() {
             reloc_symbol_[{rs.target, r.offset}] = name;
             if (r.type == R_X86_64_NONE) continue;  // the kernel ignores its symbol too
             if (v.kind == SymbolValue::Kind::Livepatch)
-                fail(rs.name + ": an ordinary relocation at " + target.name + "+" + hex(r.offset) +
+                fail(rs.name + ": an ordinary relocation at " + target.name + "+" + hex_short(r.offset) +
                      " names livepatch symbol " + name + ", which only .klp.rela sections may use");
             if (v.kind == SymbolValue::Kind::Skipped) {
                 const KoSection& in = m_.sections()[sym.shndx];
@@ -704,7 +709,7 @@ void Linker::apply_relocations() {
                     dropped_.insert({rs.target, r.offset});
                     continue;
                 }
-                fail(rs.name + ": " + target.name + "+" + hex(r.offset) + " refers to " + name + " in section " +
+                fail(rs.name + ": " + target.name + "+" + hex_short(r.offset) + " refers to " + name + " in section " +
                      in.name + ", which is not loaded (" + fate_[sym.shndx].why + ")");
             }
             apply_one(rs, r, v.value, name);
@@ -806,7 +811,7 @@ void Linker::apply_paravirt(const KoSection& s) {
         if (used) {
             auto d = static_cast<std::int64_t>(target - (instr + 5));
             if (!fits_s32(d))
-                fail("pv_ops[" + std::to_string(type) + "] = " + hex(target) + " is out of call range of " +
+                fail("pv_ops[" + std::to_string(type) + "] = " + hex_short(target) + " is out of call range of " +
                      describe(instr));
             buf[0] = kCall;
             auto d32 = static_cast<std::int32_t>(d);
@@ -852,9 +857,9 @@ void Linker::apply_retpolines(const KoSection& s) {
     // fails; hvpatch always takes the static thunks (same code, same
     // alignment), so no extra guest allocation is needed.
     std::size_t n = entries(s, 4), inlined = 0, its = 0, kept = 0, dropped = 0;
-    bool retpoline = n && cpu_has(kFeatureRetpoline, ".retpoline_sites");
-    bool lfence = n && cpu_has(kFeatureRetpolineLfence, ".retpoline_sites");
-    bool its_on = n && cpu_has(kFeatureIndirectThunkIts, ".retpoline_sites");
+    if (n) mitigations(".retpoline_sites");
+    const bool retpoline = facts_.mitigations.retpoline, lfence = facts_.mitigations.retpoline_lfence;
+    const bool its_on = facts_.mitigations.indirect_its_thunks;
     for (std::size_t i = 0; i < n; ++i) {
         Site f{s.index, i * 4};
         if (is_dropped(f)) {
@@ -882,7 +887,7 @@ void Linker::apply_retpolines(const KoSection& s) {
         std::uint64_t array = kernel_symbol("__x86_indirect_thunk_array", ".retpoline_sites");
         auto diff = static_cast<std::int64_t>(target - array);
         if (diff < 0 || diff >= 16 * 32 || diff % 32 != 0) {
-            warn(".retpoline_sites: the branch at " + describe(addr) + " goes to " + hex(target) +
+            warn(".retpoline_sites: the branch at " + describe(addr) + " goes to " + hex_short(target) +
                  ", not to a retpoline thunk; left as built (the kernel WARNs)");
             ++kept;
             continue;
@@ -900,7 +905,7 @@ void Linker::apply_retpolines(const KoSection& s) {
         auto gen = [&](std::size_t at_index, std::uint8_t opcode, std::uint64_t dest) {
             // __text_gen_insn(bytes + at_index, opcode, addr + at_index, dest, 5)
             auto d = static_cast<std::int64_t>(dest - (addr + at_index + 5));
-            if (!fits_s32(d)) fail("ITS thunk " + hex(dest) + " is out of branch range of " + describe(addr));
+            if (!fits_s32(d)) fail("ITS thunk " + hex_short(dest) + " is out of branch range of " + describe(addr));
             bytes[at_index] = opcode;
             auto d32 = static_cast<std::int32_t>(d);
             std::memcpy(&bytes[at_index + 1], &d32, 4);
@@ -968,7 +973,7 @@ void Linker::apply_returns(const KoSection& s) {
         action(".return_sites: empty");
         return;
     }
-    bool rethunk = cpu_has(kFeatureRethunk, ".return_sites");
+    const bool rethunk = mitigations(".return_sites").rethunk;
     std::uint64_t return_thunk = 0;
     std::optional<std::uint64_t> its_return_thunk;
     if (rethunk) {
@@ -1010,7 +1015,7 @@ void Linker::apply_returns(const KoSection& s) {
         if (want_thunk) {
             auto d = static_cast<std::int64_t>(return_thunk - (addr + 5));
             if (!fits_s32(d))
-                fail("x86_return_thunk " + hex(return_thunk) + " is out of jump range of " + describe(addr));
+                fail("x86_return_thunk " + hex_short(return_thunk) + " is out of jump range of " + describe(addr));
             bytes[0] = kJmp32;
             auto d32 = static_cast<std::int32_t>(d);
             std::memcpy(&bytes[1], &d32, 4);
@@ -1024,7 +1029,7 @@ void Linker::apply_returns(const KoSection& s) {
         std::memcpy(site, bytes.data(), 5);
     }
     action(".return_sites: " + std::to_string(thunk) + " return(s) sent to the guest's return thunk (" +
-           (rethunk ? hex(return_thunk) : std::string("none")) + "), " + std::to_string(ret) + " turned into ret" +
+           (rethunk ? hex_short(return_thunk) : std::string("none")) + "), " + std::to_string(ret) + " turned into ret" +
            (kept ? ", " + std::to_string(kept) + " left as built" : "") +
            (dropped ? ", " + std::to_string(dropped) + " in skipped code ignored" : ""));
 }
@@ -1161,6 +1166,24 @@ void Linker::sort_orc(const KoSection& ip_sec, const KoSection& orc_sec) {
            "; kept for hvpatch's own unwinding (the guest's unwinder does not know the module)");
 }
 
+void Linker::check_orc_header(const KoSection& s) {
+    // 6.4+: the hash of the ORC format the module was built with. The guest's
+    // loader ignores it, but hvpatch unwinds through the module's ORC
+    // entries with the guest's format: they must be the same.
+    const auto data = m_.section_data(s.index);
+    if (data.size() != std::tuple_size_v<OrcHeader>)
+        fail(".orc_header has " + std::to_string(data.size()) + " bytes, not a 20-byte hash");
+    OrcHeader module_header{};
+    std::memcpy(module_header.data(), data.data(), module_header.size());
+    if (!facts_.orc_header)
+        fail(".orc_header: the module's ORC format (" + to_hex(module_header) +
+             ") cannot be checked: the guest kernel has no .orc_header (it predates 6.4)");
+    if (*facts_.orc_header != module_header)
+        fail(".orc_header: the module's ORC format " + to_hex(module_header) + " is not the guest kernel's (" +
+             to_hex(*facts_.orc_header) + "): built for another kernel");
+    action(".orc_header: the module's ORC format is the guest's (" + to_hex(module_header).substr(0, 12) + "...)");
+}
+
 void Linker::nop_mcount(const KoSection& s) {
     // ftrace_module_init() -> ftrace_process_locs(): the table is sorted and
     // NULL entries are skipped; each `call __fentry__` becomes the 5-byte
@@ -1189,7 +1212,7 @@ void Linker::nop_mcount(const KoSection& s) {
         if (site[0] != kCall || addr + 5 + static_cast<std::uint64_t>(static_cast<std::int64_t>(d)) != *fentry)
             fail("__mcount_loc entry " + std::to_string(i) + ": the bytes at " + describe(addr) + " (" +
                  hex_bytes(reinterpret_cast<const std::byte*>(site), 5) + ") are not a call to __fentry__ (" +
-                 hex(*fentry) + "); not changing them (ftrace_module_init would fail there too)");
+                 hex_short(*fentry) + "); not changing them (ftrace_module_init would fail there too)");
         std::memcpy(site, kNops[5].data(), 5);
         ++done;
     }
@@ -1283,7 +1306,7 @@ void Linker::apply_jump_labels(const KoSection& s) {
         e.key = kf + static_cast<std::uint64_t>(raw & ~3LL);
         e.flags = static_cast<std::uint64_t>(raw) & 1;  // the init bit is cleared: nothing is init here
         std::string key_name = symbol_of(fk);
-        if (key_name.empty()) key_name = hex(e.key);
+        if (key_name.empty()) key_name = hex_short(e.key);
         std::int32_t enabled;
         if (img_.contains(e.key, 4)) {
             // A key of the module itself: its value as built (init never ran).
@@ -1292,7 +1315,7 @@ void Linker::apply_jump_labels(const KoSection& s) {
             if (!facts_.read_u32) throw Error(ErrorKind::Internal, "GuestLinkFacts.read_u32 is not set");
             auto v = facts_.read_u32(e.key);
             if (!v)
-                fail("cannot read static key " + key_name + " at " + hex(e.key) + " in guest memory (__jump_table)");
+                fail("cannot read static key " + key_name + " at " + hex_short(e.key) + " in guest memory (__jump_table)");
             enabled = static_cast<std::int32_t>(*v);
         }
         bool jump = (enabled > 0) != (e.flags & 1);
@@ -1380,6 +1403,11 @@ void Linker::collect_symbols() {
 
 ModuleImage Linker::run() {
     m_.check_supported();  // a non-empty __ex_table
+    if (facts_.mitigations.call_depth_tracking)
+        fail(
+            "the guest runs call-depth tracking (retbleed=stuff or its=stuff: thunks_initialized is set): its loader "
+            "would route the module's calls through call thunks and account its returns (callthunks_patch_module_calls), "
+            "which hvpatch does not do");
     layout_and_copy();
     resolve_symbols();
     apply_relocations();
@@ -1393,6 +1421,10 @@ ModuleImage Linker::run() {
     if (auto s = find(".parainstructions")) apply_paravirt(*s);
     if (auto s = find(".retpoline_sites")) apply_retpolines(*s);
     if (auto s = find(".return_sites")) apply_returns(*s);
+    if (auto s = find(".call_sites"))
+        action(".call_sites: " + std::to_string(s->size / 4) +
+               " call site(s) left as built (call-depth tracking is off in the guest: callthunks_patch_module_calls "
+               "does nothing)");
     if (auto s = find(".altinstructions")) apply_alternatives(*s);
     if (auto s = find(".ibt_endbr_seal"))
         action(
@@ -1409,6 +1441,7 @@ ModuleImage Linker::run() {
         else if (ip || orc)
             action((ip ? ip : orc)->name + ": ignored without its twin (unwind_module_init needs both)");
     }
+    if (auto s = find(".orc_header")) check_orc_header(*s);
     // ftrace_module_init().
     if (auto s = find("__mcount_loc")) nop_mcount(*s);
     // complete_formation(): module_bug_finalize().
@@ -1446,7 +1479,7 @@ ModuleLayout plan_module_layout(const LivepatchModule& module, std::uint64_t ext
     }
     if (!refusals.empty()) throw Error(ErrorKind::Guest, module.path() + ": cannot be loaded by hvpatch: " + refusals);
     if (extra_text > kMaxModuleSize)
-        throw Error(ErrorKind::Usage, module.path() + ": extra text of " + hex(extra_text) + " bytes is too large");
+        throw Error(ErrorKind::Usage, module.path() + ": extra text of " + hex_short(extra_text) + " bytes is too large");
 
     ModuleLayout layout;
     auto place = [&](std::uint64_t start, auto wanted) {
@@ -1456,8 +1489,8 @@ ModuleLayout plan_module_layout(const LivepatchModule& module, std::uint64_t ext
             off = align_up(off, s.alignment);
             layout.section_offset[s.index] = off;
             if (s.size > kMaxModuleSize || off + s.size > kMaxModuleSize)
-                throw Error(ErrorKind::Guest, module.path() + ": section " + s.name + " (" + hex(s.size) +
-                                                  " bytes) makes the module larger than " + hex(kMaxModuleSize) +
+                throw Error(ErrorKind::Guest, module.path() + ": section " + s.name + " (" + hex_short(s.size) +
+                                                  " bytes) makes the module larger than " + hex_short(kMaxModuleSize) +
                                                   " bytes");
             off += s.size;
         }

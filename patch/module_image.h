@@ -47,6 +47,8 @@
 #include <tuple>
 #include <vector>
 
+#include "introspect/branch_mitigations.h"
+#include "introspect/orc_unwind.h"
 #include "patch/livepatch_module.h"
 
 namespace hvpatch {
@@ -87,9 +89,15 @@ struct GuestLinkFacts {
     std::function<std::optional<std::uint64_t>(const std::string& object, const std::string& name,
                                                std::uint64_t sympos)>
         resolve;
-    // boot_cpu_data.x86_capability words (NCAPINTS of 6.1 + bug words, i.e.
-    // 24 words), for .altinstructions and the mitigation sites.
+    // boot_cpu_data.x86_capability words (NCAPINTS + bug words, i.e. 24
+    // words), for .altinstructions.
     std::vector<std::uint32_t> cpu_capabilities;
+    // How the guest patches retpoline, return and call sites
+    // (.retpoline_sites, .return_sites, .call_sites); its `problem`, if set,
+    // refuses modules with such sites.
+    BranchMitigations mitigations;
+    // The guest image's .orc_header (6.4+), compared with the module's.
+    std::optional<OrcHeader> orc_header;
     // Reads a 32-bit value of guest kernel memory (static_key.enabled; two
     // reads for a pointer such as pv_ops[i] or x86_return_thunk), nullopt
     // if unreadable.

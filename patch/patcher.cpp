@@ -7,10 +7,12 @@
 
 #include "guest-shim/trampoline.h"
 #include "hvpatch/error.h"
+#include "introspect/branch_mitigations.h"
 #include "introspect/code_inspect.h"
 #include "introspect/guest_kernel.h"
 #include "introspect/kernel_code_facts.h"
 #include "introspect/modules.h"
+#include "introspect/task_stacks.h"
 #include "introspect/tasks.h"
 #include "patch/audit_log.h"
 #include "patch/audit_syslog.h"
@@ -322,14 +324,6 @@ FunctionPlan plan_function(GuestKernel& kernel, const PatchedFunction& pf) {
     return plan;
 }
 
-std::vector<std::uint32_t> cpu_capabilities(GuestKernel& kernel) {
-    auto member = kernel.btf().member("cpuinfo_x86", "x86_capability");
-    std::uint64_t base = kernel.symbol("boot_cpu_data") + member.offset;
-    std::vector<std::uint32_t> words(member.size / 4);
-    for (std::size_t i = 0; i < words.size(); ++i) words[i] = kernel.memory().read_u32(GuestVirtAddr{base + 4 * i});
-    return words;
-}
-
 // The structure sizes alone: what check_link_formats() needs, without
 // listing the guest's modules.
 GuestLinkFacts link_format_facts(GuestKernel& kernel) {
@@ -379,7 +373,9 @@ GuestLinkFacts link_facts(GuestKernel& kernel) {
         }
         return std::nullopt;
     };
-    facts.cpu_capabilities = cpu_capabilities(kernel);
+    facts.cpu_capabilities = cpu_capability_words(kernel);
+    facts.mitigations = derive_branch_mitigations(kernel);
+    facts.orc_header = guest_orc_header(kernel);
     facts.read_u32 = [&kernel](std::uint64_t address) -> std::optional<std::uint32_t> {
         try {
             return kernel.memory().read_u32(GuestVirtAddr{address});
@@ -682,7 +678,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
             check_link_formats(module, link_format_facts(*s.kernel));
             s.say("allocating " + std::to_string(layout.total_size()) + " bytes of guest module memory");
             s.stage("loading");
-            std::uint64_t base = s.call().module_alloc(layout.total_size());
+            std::uint64_t base = s.call().allocate_module_memory(layout.total_size());
             s.after_call();
             touched = true;
             AppliedPatch fresh;

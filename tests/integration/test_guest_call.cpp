@@ -103,7 +103,7 @@ TEST_F(GuestCallTest, AllocateProtectUnprotectAndFreeModuleMemory) {
         log.push_back(line);
     };
 
-    std::uint64_t p = caller.module_alloc(4096);
+    std::uint64_t p = caller.allocate_module_memory(4096);
     note("module_alloc");
     EXPECT_EQ(machine->run_state(), RunState::Paused) << "left paused as found";
     EXPECT_GE(p, 0xffffffffc0000000ULL);
@@ -147,7 +147,7 @@ TEST_F(GuestCallTest, AllocateProtectUnprotectAndFreeModuleMemory) {
         EXPECT_TRUE(t.writable);
         EXPECT_TRUE(t.no_execute);
     }
-    caller.module_memfree(p);
+    caller.free_module_memory(p);
     note("module_memfree");
     machine->resume();
     EXPECT_EQ(vmallocinfo_of_trap(*kernel, caller.trap_address()), "") << "freed";
@@ -184,9 +184,9 @@ TEST_F(GuestCallTest, ManyCallsInARowReturnTheRightResults) {
         EXPECT_EQ(machine->run_state(), RunState::Running);
     }
     for (int i = 0; i < 5; ++i) {
-        std::uint64_t p = caller.module_alloc(8192);
+        std::uint64_t p = caller.allocate_module_memory(8192);
         record();
-        caller.module_memfree(p);
+        caller.free_module_memory(p);
         record();
     }
     machine.reset();

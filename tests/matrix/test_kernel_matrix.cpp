@@ -72,9 +72,9 @@ const std::vector<MatrixKernel>& matrix() {
         // that its headers come the same way (the machine installs only the
         // default flavour's).
         applying(kernel("Linux61Rt", "bookworm", "rt-amd64", "4.6-6.3 order")),
-        kernel("Linux612", "bookworm-backports", "", "6.4+ order, base-relative"),
-        with_tif(kernel("Linux72", "forky", "", "place-relative"), 9, 2),
-        with_tif(kernel("Linux72La57", "forky", "", "place-relative", "max", 5), 9, 2),
+        applying(kernel("Linux612", "bookworm-backports", "", "6.4+ order, base-relative")),
+        applying(with_tif(kernel("Linux72", "forky", "", "place-relative"), 9, 2)),
+        applying(with_tif(kernel("Linux72La57", "forky", "", "place-relative", "max", 5), 9, 2)),
     };
     return kernels;
 }

@@ -40,8 +40,6 @@ constexpr std::uint64_t kBase = 0xffffffffc0100000;  // module area, ~1 GiB abov
 
 // X86_FEATURE_* of 6.1.0-56 (cpufeatures.h) used by the fixture.
 constexpr unsigned kSmap = 9 * 32 + 20, kLfenceRdtsc = 3 * 32 + 18, kErms = 9 * 32 + 9;
-constexpr unsigned kRetpoline = 11 * 32 + 12, kRetpolineLfence = 11 * 32 + 13, kRethunk = 11 * 32 + 14;
-constexpr unsigned kIts = 21 * 32 + 5;
 
 // A guest as the linker sees it.
 struct FakeGuest {
@@ -79,6 +77,8 @@ struct FakeGuest {
     std::map<std::uint64_t, std::uint32_t> memory;
     std::vector<std::uint32_t> capabilities = std::vector<std::uint32_t>(24, 0);
     std::set<std::string> modules = {"othermod"};
+    BranchMitigations mitigations;  // how the guest patches branch sites (derived separately)
+    std::optional<OrcHeader> orc_header;
     std::vector<std::string> resolved;  // what the linker asked for
 
     FakeGuest() {
@@ -111,6 +111,8 @@ struct FakeGuest {
             return std::nullopt;
         };
         f.cpu_capabilities = capabilities;
+        f.mitigations = mitigations;
+        f.orc_header = orc_header;
         f.read_u32 = [this](std::uint64_t address) -> std::optional<std::uint32_t> {
             auto it = memory.find(address);
             if (it == memory.end()) return std::nullopt;
@@ -232,7 +234,7 @@ TEST_F(CmdlinePatch, LaysOutTextRodataDataInPageAlignedRegions) {
 }
 
 TEST_F(CmdlinePatch, AppliesEveryRelocation) {
-    guest.feature(kRethunk, true);
+    guest.mitigations.rethunk = true;
     ModuleImage image = link_module(module, kBase, 64, guest.facts());
     ASSERT_EQ(image.bytes.size(), image.layout.total_size());
     std::uint64_t text = section_address(image, module, ".text");
@@ -282,7 +284,7 @@ TEST_F(CmdlinePatch, KlpFuncPointsIntoTheImage) {
 }
 
 TEST_F(CmdlinePatch, TurnsFentryCallsIntoNopsAndHandlesReturnsAndOrc) {
-    guest.feature(kRethunk, true);
+    guest.mitigations.rethunk = true;
     ModuleImage image = link_module(module, kBase, 0, guest.facts());
     std::uint64_t text = section_address(image, module, ".text");
     const std::vector<std::uint8_t> nop5 = {0x0f, 0x1f, 0x44, 0x00, 0x00};
@@ -543,9 +545,16 @@ TEST_F(Fixture, RefusesAnAlternativeForAFeatureBeyondTheCapabilityWords) {
     LivepatchModule modified = copy.open();
     expect_guest_error([&] { link_module(modified, kBase, 0, guest.facts()); },
                        {".altinstructions entry 0", "1023*32+31", "beyond the 24 capability words"});
-    // Without the capability words at all, the first site that needs them says so.
-    guest.capabilities.clear();
-    expect_guest_error([&] { link(); }, {"needed for .retpoline_sites", "beyond the 0 capability words"});
+}
+
+TEST_F(Fixture, RefusesBranchSitesWhenTheGuestsMitigationsAreNotKnown) {
+    guest.mitigations.problem = "X86_FEATURE_RETPOLINE/_LFENCE read 0/0 but spectre_v2_enabled (1) implies 1/0";
+    expect_guest_error([&] { link(); }, {"cannot tell how the guest patches .retpoline_sites", "spectre_v2_enabled"});
+}
+
+TEST_F(Fixture, RefusesEveryModuleUnderCallDepthTracking) {
+    guest.mitigations.call_depth_tracking = true;
+    expect_guest_error([&] { link(); }, {"call-depth tracking", "thunks_initialized"});
 }
 
 TEST_F(Fixture, PatchesParavirtSitesForTheGuestsPvOps) {
@@ -564,7 +573,7 @@ TEST_F(Fixture, PatchesParavirtSitesForTheGuestsPvOps) {
 
 TEST_F(Fixture, RetpolineSitesFollowTheGuestsSpectreV2Mode) {
     // Plain retpolines: the thunk calls stay.
-    guest.feature(kRetpoline, true);
+    guest.mitigations.retpoline = true;
     ModuleImage image = link();
     std::uint64_t t = text(image);
     EXPECT_EQ(bytes_at(image, t + 0x18, 5), rel32(0xe8, t + 0x18, guest.symbols["__x86_indirect_thunk_rax"]));
@@ -574,7 +583,7 @@ TEST_F(Fixture, RetpolineSitesFollowTheGuestsSpectreV2Mode) {
     jcc_thunk.insert(jcc_thunk.begin(), 0x0f);
     EXPECT_EQ(bytes_at(image, t + 0x6b, 6), jcc_thunk);
     // No retpolines (eIBRS, spectre_v2=off): inline indirect branches.
-    guest.feature(kRetpoline, false);
+    guest.mitigations.retpoline = false;
     image = link();
     EXPECT_EQ(bytes_at(image, t + 0x18, 5), (std::vector<std::uint8_t>{0xff, 0xd0, 0x0f, 0x1f, 0x00}));  // call *%rax
     EXPECT_EQ(bytes_at(image, t + 0x5a, 5),
@@ -583,17 +592,17 @@ TEST_F(Fixture, RetpolineSitesFollowTheGuestsSpectreV2Mode) {
     const std::vector<std::uint8_t> jcc_inline = {0x74, 0x04, 0xff, 0xe1, 0xcc, 0x90};
     EXPECT_EQ(bytes_at(image, t + 0x6b, 6), jcc_inline);
     // RETPOLINE_LFENCE: lfence; call *%rax fits; lfence; jmp *%r11 does not.
-    guest.feature(kRetpoline, true);
-    guest.feature(kRetpolineLfence, true);
+    guest.mitigations.retpoline = true;
+    guest.mitigations.retpoline_lfence = true;
     image = link();
     EXPECT_EQ(bytes_at(image, t + 0x18, 5), (std::vector<std::uint8_t>{0x0f, 0xae, 0xe8, 0xff, 0xd0}));
     EXPECT_EQ(bytes_at(image, t + 0x5a, 5), rel32(0xe9, t + 0x5a, guest.symbols["__x86_indirect_thunk_r11"]));
     EXPECT_EQ(bytes_at(image, t + 0x6b, 6), jcc_thunk);  // 3 + 6 bytes do not fit in 6
     // ITS: both branches would sit in the lower half of a cache line
     // (base+0x19, base+0x5c): they go to the static ITS-safe thunks.
-    guest.feature(kRetpoline, false);
-    guest.feature(kRetpolineLfence, false);
-    guest.feature(kIts, true);
+    guest.mitigations.retpoline = false;
+    guest.mitigations.retpoline_lfence = false;
+    guest.mitigations.indirect_its_thunks = true;
     image = link();
     std::uint64_t its = guest.symbols["__x86_indirect_its_thunk_array"];
     EXPECT_EQ(bytes_at(image, t + 0x18, 5), rel32(0xe8, t + 0x18, its));
@@ -603,7 +612,7 @@ TEST_F(Fixture, RetpolineSitesFollowTheGuestsSpectreV2Mode) {
 }
 
 TEST_F(Fixture, ReturnSitesUseTheGuestsReturnThunk) {
-    guest.feature(kRethunk, true);
+    guest.mitigations.rethunk = true;
     ModuleImage image = link();
     std::uint64_t t = text(image);
     EXPECT_EQ(bytes_at(image, t + 0x54, 5), rel32(0xe9, t + 0x54, guest.symbols["retbleed_return_thunk"]));
@@ -616,7 +625,7 @@ TEST_F(Fixture, ReturnSitesUseTheGuestsReturnThunk) {
     // helper's return at .text+0x65 is in the upper half (0x65 & 0x20): a plain ret.
     EXPECT_EQ(bytes_at(image, t + 0x65, 5), (std::vector<std::uint8_t>{0xc3, 0xcc, 0xcc, 0xcc, 0xcc}));
     // No return thunk: ret.
-    guest.feature(kRethunk, false);
+    guest.mitigations.rethunk = false;
     image = link();
     EXPECT_EQ(bytes_at(image, t + 0x54, 5), (std::vector<std::uint8_t>{0xc3, 0xcc, 0xcc, 0xcc, 0xcc}));
 }
@@ -700,6 +709,52 @@ TEST(ModuleImageRefusals, RefusesPerCpuDataAndUnknownSections) {
     expect_guest_error([&] { plan_module_layout(module, 0); },
                        {"section .data..percpu: per-CPU", "section .hvpatch.mystery: unknown SHF_ALLOC section"});
     expect_guest_error([&] { link_module(module, kBase, 0, guest.facts()); }, {".data..percpu", ".hvpatch.mystery"});
+}
+
+
+// ---- sections of 6.2+ modules ----
+
+class NewerKernelSections : public ::testing::Test {
+protected:
+    LivepatchModule module = LivepatchModule::open(data_path("module_image_newer.ko"));
+    FakeGuest guest;
+    // The .orc_header of Debian's 6.12 image (the ORC format of 6.4-6.x).
+    static constexpr OrcHeader kGuestHeader = {0xfe, 0x5d, 0x32, 0xbf, 0x58, 0x1b, 0xd6, 0x3b, 0x2c, 0xa9,
+                                               0xa5, 0xc6, 0x5b, 0xa5, 0xa6, 0x25, 0xea, 0xb3, 0xfe, 0x24};
+    NewerKernelSections() {
+        guest.symbols.erase("__x86_return_thunk");  // nothing asks for it here
+        guest.orc_header = kGuestHeader;
+    }
+    ModuleImage link() { return link_module(module, kBase, 0, guest.facts()); }
+};
+
+TEST_F(NewerKernelSections, LoadsAModuleWhoseOrcFormatIsTheGuests) {
+    ModuleImage image = link();
+    EXPECT_THAT(image.actions, Contains(HasSubstr(".orc_header: the module's ORC format is the guest's (fe5d32bf")));
+    EXPECT_THAT(image.actions, Contains(HasSubstr(".call_sites: 2 call site(s) left as built")));
+    EXPECT_THAT(image.actions, Contains(HasSubstr("__patchable_function_entries: loaded, unregistered")));
+    EXPECT_TRUE(image.warnings.empty());
+    // The call and the padding are as assembled; the entry for the skipped
+    // init code is left 0 (the table is never read).
+    std::uint64_t text = section_address(image, module, ".text");
+    EXPECT_EQ(bytes_at(image, text + 16, 5), rel32(0xe8, text + 16, image.symbol_address("helper")));
+    std::uint64_t entries = section_address(image, module, "__patchable_function_entries");
+    EXPECT_EQ(value_at<std::uint64_t>(image, entries), text);
+    EXPECT_EQ(value_at<std::uint64_t>(image, entries + 8), 0u);
+}
+
+TEST_F(NewerKernelSections, RefusesAnOrcFormatThatIsNotTheGuests) {
+    OrcHeader other = kGuestHeader;
+    other[0] ^= 1;
+    guest.orc_header = other;
+    expect_guest_error([&] { link(); }, {".orc_header", "fe5d32bf", "ff5d32bf", "built for another kernel"});
+    guest.orc_header.reset();
+    expect_guest_error([&] { link(); }, {".orc_header", "the guest kernel has no .orc_header"});
+}
+
+TEST_F(NewerKernelSections, RefusesCallSitesUnderCallDepthTracking) {
+    guest.mitigations.call_depth_tracking = true;
+    expect_guest_error([&] { link(); }, {"call-depth tracking", "callthunks_patch_module_calls"});
 }
 
 }  // namespace

@@ -254,14 +254,18 @@ private:
 
 // Relocates a trampoline into a fresh page with both pads, loads `in` and
 // calls it with GS pointing at `guest`'s per-CPU area.
-Landing run_trampoline(const FakeGuest& guest, const RegisterFile& in, const PageLayout& layout = kOldBelowNewAbove) {
+// `gs_bias` moves GS above the area and the disp32 down by as much: a
+// negative disp32, as 6.15+ kernels address current_task (its image
+// address, sign-extended, with per-CPU bases biased to match).
+Landing run_trampoline(const FakeGuest& guest, const RegisterFile& in, const PageLayout& layout = kOldBelowNewAbove,
+                       std::int32_t gs_bias = 0) {
     CodePage page;
     const std::size_t pad_size = trampoline_test_pad_end - trampoline_test_pad_start;
     page.put(layout.old_pad, trampoline_test_pad_start, pad_size);
     page.put(layout.new_pad, trampoline_test_pad_start, pad_size);
     TrampolineParams params;
     params.address = page.address(layout.trampoline);
-    params.current_task_offset = kCurrentTaskOffset;
+    params.current_task_offset = kCurrentTaskOffset - gs_bias;
     params.patch_state_offset = kPatchStateOffset;
     params.old_continue = page.address(layout.old_pad);
     params.new_function = page.address(layout.new_pad);
@@ -272,7 +276,7 @@ Landing run_trampoline(const FakeGuest& guest, const RegisterFile& in, const Pag
     Landing landing;
     landing.frame.in = in;
     {
-        GsBase gs(guest.percpu_base());
+        GsBase gs(static_cast<const unsigned char*>(guest.percpu_base()) + gs_bias);
         trampoline_test_call(&landing.frame, reinterpret_cast<const void*>(params.address));
     }
     landing.old_pad = landing.frame.landed == params.old_continue;
@@ -484,13 +488,24 @@ TEST(TrampolineRange, TargetsBeyondRel32ReachThrowNamingTheAddresses) {
     guest_error_of([&] { build_trampoline(far_module); });
 }
 
-TEST(TrampolineRange, NegativeOffsetsThrow) {
+TEST(TrampolineRange, NegativePatchStateOffsetThrows) {
     auto p = kernel_params();
-    p.current_task_offset = -8;
-    guest_error_of([&] { build_trampoline(p); });
-    p = kernel_params();
     p.patch_state_offset = -4;
     guest_error_of([&] { build_trampoline(p); });
+}
+
+TEST(TrampolineExecution, ReadsCurrentTaskThroughANegativeDisp32) {
+    // 7.x: %gs:0xffffffffb5e2xxxx, a sign-extended disp32 below GS.
+    FakeGuest guest;
+    const std::int32_t bias = 0x1c000;  // disp32 = 0x1a440 - 0x1c000 < 0
+    guest.set_patch_state(1);
+    auto landing = run_trampoline(guest, distinct_registers(11, 0), kOldBelowNewAbove, bias);
+    EXPECT_TRUE(landing.new_pad);
+    expect_state_preserved(landing, "negative disp32, patched");
+    guest.set_patch_state(0);
+    landing = run_trampoline(guest, distinct_registers(12, kZF), kOldBelowNewAbove, bias);
+    EXPECT_TRUE(landing.old_pad);
+    expect_state_preserved(landing, "negative disp32, unpatched");
 }
 
 std::array<std::byte, 5> jmp_bytes(int b0, int b1, int b2, int b3, int b4) {
