@@ -197,6 +197,28 @@ TEST_P(KernelMatrix, SleepersAreWokenAndSleepInTheNewCopy) {
         EXPECT_EQ(sleeper_version(guest_task_stack(guest(), pid)), SleeperVersion::Original) << pid;
 }
 
+// The prototype example changes a function's signature and its caller
+// together: the guest's proto-check workload calls through both while the
+// patch goes in and out and must never see one without the other.
+TEST_P(KernelMatrix, PrototypeChangeNeverMixesCallerAndCallee) {
+    const std::string ko = example_patch_ko(Example::Prototype, guest().release());
+    const std::string statm_before = guest().run_ok(std::string(kStatmOracle));
+    ASSERT_FALSE(statm_is_patched(statm_before)) << statm_before;
+    const std::string reference = start_proto_check(guest());
+    CommandResult apply = hvpatch({"apply", guest().target(), ko, "--signal-after", "2", "--timeout", "60", "--json"});
+    ASSERT_EQ(apply.exit_code, 0) << apply.out << apply.err;
+    EXPECT_EQ(nlohmann::json::parse(apply.out).value("outcome", ""), "applied") << apply.out;
+    EXPECT_TRUE(statm_is_patched(guest().run_ok(std::string(kStatmOracle))));
+    CommandResult revert = hvpatch(
+        {"revert", guest().target(), "livepatch_prototype", "--signal-after", "2", "--timeout", "60", "--json"});
+    ASSERT_EQ(revert.exit_code, 0) << revert.out << revert.err;
+    EXPECT_FALSE(statm_is_patched(guest().run_ok(std::string(kStatmOracle))));
+    ProtoCheckCounts counts = stop_proto_check(guest());
+    EXPECT_EQ(counts.wrong, 0) << counts.errors;
+    EXPECT_GT(counts.patched, 0) << "the checker never saw the patched version";
+    EXPECT_GT(counts.original, 0);
+}
+
 TEST_P(KernelMatrix, SymAllEqualsProcKallsyms) { expect_sym_all_equals_proc_kallsyms(guest()); }
 
 TEST_P(KernelMatrix, PsEqualsProc) { expect_ps_equals_proc(guest()); }

@@ -191,7 +191,11 @@ void expect_running_tasks_start_at_vcpu_rip(TestGuest& guest) {
             EXPECT_FALSE(stack.unwind.reason.empty()) << task.name;
         }
     }
-    EXPECT_EQ(running, 2) << "one task per vCPU";
+    // One task per vCPU, except that a vCPU may be running a task that has
+    // already left the task list (an exiting task after release_task, on its
+    // way through do_task_dead); the guest's own livepatch ignores those too.
+    EXPECT_GE(running, 1);
+    EXPECT_LE(running, 2) << "at most one task per vCPU";
 }
 
 }  // namespace hvpatch::test

@@ -46,6 +46,7 @@
 #include <linux/livepatch.h>
 #include <linux/mm.h>
 #include <linux/module.h>
+#include <linux/version.h>
 #include <linux/sched/mm.h>
 #include <linux/seq_file.h>
 
@@ -56,15 +57,30 @@ typedef unsigned long (*task_statm_fn)(struct mm_struct *mm, unsigned long *resi
 enum { FUNC_PROC_PID_STATM, FUNC_TASK_STATM, NR_FUNCS };
 static struct klp_func prototype_funcs[NR_FUNCS + 1];
 
+/*
+ * The exact RSS counter, as task_statm reads it: up to 6.1 the counters are
+ * atomics (get_mm_counter); from 6.2 they are per-CPU counters, and the
+ * kernels of the test matrix (6.12.y, 7.x) sum them exactly
+ * (get_mm_counter_sum, not in every 6.2+ series: hence the sum here).
+ */
+static unsigned long exact_mm_counter(struct mm_struct *mm, int member)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 2, 0)
+	return percpu_counter_sum_positive(&mm->rss_stat[member]);
+#else
+	return get_mm_counter(mm, member);
+#endif
+}
+
 /* task_statm with the new prototype; the same numbers. */
 static noinline unsigned long livepatch_task_statm(struct mm_struct *mm, unsigned long *resident,
 						   unsigned long *shared, unsigned long *text,
 						   unsigned long *data)
 {
-	*shared = get_mm_counter(mm, MM_FILEPAGES) + get_mm_counter(mm, MM_SHMEMPAGES);
+	*shared = exact_mm_counter(mm, MM_FILEPAGES) + exact_mm_counter(mm, MM_SHMEMPAGES);
 	*text = (PAGE_ALIGN(mm->end_code) - (mm->start_code & PAGE_MASK)) >> PAGE_SHIFT;
 	*data = mm->data_vm + mm->stack_vm;
-	*resident = *shared + get_mm_counter(mm, MM_ANONPAGES);
+	*resident = *shared + exact_mm_counter(mm, MM_ANONPAGES);
 	return mm->total_vm;
 }
 
