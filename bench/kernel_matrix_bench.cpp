@@ -43,8 +43,8 @@ struct Kernel {
 constexpr Kernel kKernels[] = {
     {"6.1 (default)", "", true},
     {"5.10 (bullseye)", "bullseye", true},
-    {"6.12 (bookworm-backports)", "bookworm-backports", false},
-    {"7.2 (forky)", "forky", false},
+    {"6.12 (bookworm-backports)", "bookworm-backports", true},
+    {"7.2 (forky)", "forky", true},
 };
 
 struct Row {
