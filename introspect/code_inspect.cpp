@@ -112,6 +112,12 @@ Instruction make_instruction(Capstone& cs) {
         x86.op_count >= 1 && x86.operands[0].type == X86_OP_IMM) {
         out.branch_target = static_cast<std::uint64_t>(x86.operands[0].imm);
     }
+    out.imm_offset = x86.encoding.imm_offset;
+    out.imm_size = x86.encoding.imm_size;
+    out.disp_offset = x86.encoding.disp_offset;
+    out.disp_size = x86.encoding.disp_size;
+    out.opcode = {x86.opcode[0], x86.opcode[1]};
+    for (std::uint8_t p : x86.prefix) out.rep_prefix |= p == 0xf3;
     for (std::uint8_t i = 0; i < x86.op_count; ++i) {
         const cs_x86_op& op = x86.operands[i];
         if (op.type == X86_OP_MEM && op.mem.base == X86_REG_RIP) {

@@ -62,6 +62,12 @@ struct Instruction {
     // An operand [rip + disp]: the address it refers to. The patcher must
     // fix these up when it moves an instruction.
     std::optional<std::uint64_t> rip_relative_target;
+    // Where the immediate and displacement fields lie in `bytes` (size 0:
+    // none), and the opcode bytes after any prefixes: what a loader needs
+    // to move an instruction (the kernel's __apply_relocation).
+    std::uint8_t imm_offset = 0, imm_size = 0, disp_offset = 0, disp_size = 0;
+    std::array<std::uint8_t, 2> opcode{};
+    bool rep_prefix = false;  // F3 (REP/REPE): `f3 90` is PAUSE, not a NOP
 
     std::uint64_t end() const { return address + size; }
     // "mnemonic operands" (just the mnemonic when there are no operands).

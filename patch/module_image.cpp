@@ -317,6 +317,9 @@ void add_nops(std::uint8_t* p, std::size_t len) {
 
 constexpr std::uint16_t kAltInstrFlagInv = 1 << 15;  // ALTINSTR_FLAG_INV
 
+// sizeof(struct alt_instr) with the u32 ft_flags of 6.3+ (4.x-6.2: 12).
+constexpr std::size_t kAltInstrFtFlagsSize = 14;
+
 constexpr std::uint8_t kCall = 0xe8, kJmp32 = 0xe9, kJmp8 = 0xeb, kInt3 = 0xcc, kRet = 0xc3;
 
 std::string reloc_type_name(std::uint32_t type) {
@@ -449,7 +452,11 @@ private:
     void apply_retpolines(const KoSection& s);
     void apply_returns(const KoSection& s);
     void apply_alternatives(const KoSection& s);
+    void apply_alternatives_ft_flags(const KoSection& s);
     void optimize_nops(std::uint8_t* instr, std::size_t len, std::uint64_t address, std::size_t decodable);
+    void optimize_nop_runs(std::uint8_t* buf, std::size_t len, std::uint64_t address);
+    void relocate_replacement(std::uint8_t* buf, std::size_t len, std::uint64_t instr, std::uint64_t repl,
+                              std::size_t repl_len, const std::string& label);
     void sort_orc(const KoSection& ip, const KoSection& orc);
     void nop_mcount(const KoSection& s);
     void handle_bug_table(const KoSection& s);
@@ -773,8 +780,15 @@ void Linker::apply_paravirt(const KoSection& s) {
     // u8 len; } (16 bytes); each site becomes a direct call to pv_ops[type]
     // (paravirt_patch()), NOPs for _paravirt_nop, a call to paravirt_BUG for
     // a NULL op, padded with NOPs.
-    constexpr std::size_t kEntry = 16;
-    std::size_t n = entries(s, kEntry), patched = 0, dropped = 0, nops = 0;
+    // The kernel walks the table in steps of sizeof(struct
+    // paravirt_patch_site) (16) while below its end; 5.10's entries are 12
+    // bytes (a u16 clobber follows len), each 8-aligned, so its last one
+    // has no padding: a table of 16n + 12 bytes holds n + 1 entries.
+    constexpr std::size_t kEntry = 16, kUsed = 10;
+    if (s.size % kEntry != 0 && s.size % kEntry < kUsed)
+        fail("section " + s.name + " has " + std::to_string(s.size) +
+             " bytes: its last entry is cut short of instr, type and len");
+    std::size_t n = (s.size + kEntry - 1) / kEntry, patched = 0, dropped = 0, nops = 0;
     for (std::size_t i = 0; i < n; ++i) {
         Site f{s.index, i * kEntry};
         if (is_dropped(f)) {
@@ -1117,6 +1131,217 @@ void Linker::apply_alternatives(const KoSection& s) {
            (dropped ? ", " + std::to_string(dropped) + " in skipped code ignored" : ""));
 }
 
+// add_nop() of 6.7+: up to 8 bytes the longest NOP, longer runs a JMP over
+// INT3 padding.
+void add_nop_or_jump(std::uint8_t* buf, std::size_t len) {
+    if (len == 0) return;
+    if (len <= kAsmNopMax) {
+        std::memcpy(buf, kNops[len].data(), len);
+        return;
+    }
+    std::size_t k = 0;
+    if (len < 128) {
+        buf[k++] = kJmp8;
+        buf[k++] = static_cast<std::uint8_t>(len - 2);
+    } else {
+        buf[k++] = kJmp32;
+        auto d = static_cast<std::int32_t>(len - 5);
+        std::memcpy(buf + 1, &d, 4);
+        k = 5;
+    }
+    std::memset(buf + k, kInt3, len - k);
+}
+
+// insn_is_nop() of 6.12: NOP (not PAUSE) and NOPL. 7.x also counts mov
+// %reg,%reg, lea 0(%reg),%reg and jmp +0: it may fold those into a longer
+// NOP where hvpatch keeps them; the code does the same.
+bool is_nop(const Instruction& insn) {
+    return (insn.opcode[0] == 0x90 && insn.mnemonic == "nop" && !insn.rep_prefix) ||
+           (insn.opcode[0] == 0x0f && insn.opcode[1] == 0x1f);
+}
+
+void Linker::optimize_nop_runs(std::uint8_t* buf, std::size_t len, std::uint64_t address) {
+    // optimize_nops() of 6.7+: every run of NOPs (of any length each) that
+    // does not already end the buffer as one instruction is rewritten by
+    // add_nop(). The kernel decodes the buffer alone (insn_decode_kernel).
+    std::size_t i = 0;
+    while (i < len) {
+        auto one = decode(std::as_bytes(std::span(buf + i, len - i)), address + i, 1);
+        if (one.empty()) return;
+        std::size_t next = i + one[0].size;
+        if (is_nop(one[0])) {
+            if (next == len) return;
+            while (next < len) {
+                auto more = decode(std::as_bytes(std::span(buf + next, len - next)), address + next, 1);
+                if (more.empty() || !is_nop(more[0])) break;
+                next += more[0].size;
+            }
+            add_nop_or_jump(buf + i, next - i);
+        }
+        i = next;
+    }
+}
+
+void Linker::relocate_replacement(std::uint8_t* buf, std::size_t len, std::uint64_t instr, std::uint64_t repl,
+                                  std::size_t repl_len, const std::string& label) {
+    // __apply_relocation() of 6.7+: each relative branch and RIP-relative
+    // operand of the replacement that points outside the replacement is
+    // moved by (repl - instr); a JMP.d32 becomes a JMP.d8 where that fits
+    // (computed from the displacement as built, as the kernel does).
+    const std::uint64_t diff = repl - instr;
+    auto outside = [&](std::int64_t offset) {
+        std::uint64_t target = repl + static_cast<std::uint64_t>(offset);
+        return target < repl || target > repl + repl_len;
+    };
+    auto add = [&](std::uint8_t* field, std::size_t n) {
+        std::int64_t v = 0;
+        if (n == 1) v = static_cast<std::int8_t>(field[0]);
+        else if (n == 2) { std::int16_t t; std::memcpy(&t, field, 2); v = t; }
+        else if (n == 4) { std::int32_t t; std::memcpy(&t, field, 4); v = t; }
+        else fail(label + ": a relative field of " + std::to_string(n) + " bytes (the kernel BUGs)");
+        // s32 arithmetic, as apply_reloc_n(): the field must still fit.
+        auto r = static_cast<std::int32_t>(static_cast<std::uint32_t>(v) + static_cast<std::uint32_t>(diff));
+        if ((r >> 31) != (r >> (8 * n - 1)))
+            fail(label + ": the replacement's relative field does not reach its target from " + describe(instr) +
+                 " (the kernel BUGs)");
+        std::memcpy(field, &r, n);
+    };
+    std::size_t i = 0;
+    while (i < len) {
+        auto one = decode(std::as_bytes(std::span(buf + i, len - i)), instr + i, 1);
+        if (one.empty()) {
+            warn(label + ": the replacement does not decode at +" + std::to_string(i) +
+                 "; its relocation stops there (the kernel WARNs)");
+            return;
+        }
+        const Instruction& insn = one[0];
+        const std::size_t next = i + insn.size;
+        const std::uint8_t op = insn.opcode[0];
+        const bool jcc32 = op == 0x0f && insn.opcode[1] >= 0x80 && insn.opcode[1] <= 0x8f;
+        const bool branch = jcc32 || (op >= 0x70 && op <= 0x7f) || op == kJmp8 || op == kJmp32 || op == kCall;
+        if (branch && insn.imm_size) {
+            std::int64_t imm = 0;
+            if (insn.imm_size == 1) imm = static_cast<std::int8_t>(buf[i + insn.imm_offset]);
+            else { std::int32_t t; std::memcpy(&t, buf + i + insn.imm_offset, 4); imm = t; }
+            if (outside(static_cast<std::int64_t>(next) + imm)) add(buf + i + insn.imm_offset, insn.imm_size);
+            if (op == kJmp32) {
+                auto j = static_cast<std::int32_t>(static_cast<std::uint32_t>(imm) + static_cast<std::uint32_t>(diff) + 3u);
+                if ((j >> 31) == (j >> 7)) {
+                    buf[i] = kJmp8;
+                    buf[i + 1] = static_cast<std::uint8_t>(static_cast<std::int8_t>(j));
+                    std::memset(buf + i + 2, kInt3, insn.size - 2);
+                }
+            }
+        }
+        if (insn.rip_relative_target && insn.disp_size) {
+            std::int32_t disp;
+            std::memcpy(&disp, buf + i + insn.disp_offset, 4);
+            if (insn.disp_size == 4 && outside(static_cast<std::int64_t>(next) + disp))
+                add(buf + i + insn.disp_offset, insn.disp_size);
+        }
+        i = next;
+    }
+}
+
+void Linker::apply_alternatives_ft_flags(const KoSection& s) {
+    // apply_alternatives() of 6.3+ with struct alt_instr of 14 bytes: s32
+    // instr_offset, s32 repl_offset, u32 ft_flags (cpuid: bits 0-15,
+    // flags: 16-31; ALT_FLAG_NOT = 1: patch when the feature is absent,
+    // ALT_FLAG_DIRECT_CALL = 2), u8 instrlen, u8 replacementlen. As 7.x's
+    // analyze_patch_site/prep_patch_site/patch_site (6.7-6.x apply the same
+    // entries one after the other, with the same result): consecutive
+    // entries for one site are nested alternatives; the site gets the
+    // longest instrlen of them and the last eligible replacement.
+    constexpr std::size_t kEntry = kAltInstrFtFlagsSize;
+    constexpr std::uint16_t kFlagNot = 1, kFlagDirectCall = 2;
+    std::size_t n = entries(s, kEntry), applied = 0, kept = 0, dropped = 0, sites = 0;
+    std::size_t i = 0;
+    while (i < n) {
+        if (is_dropped({s.index, i * kEntry})) {
+            ++dropped;
+            ++i;
+            continue;
+        }
+        const std::uint64_t instr = relative_target({s.index, i * kEntry});
+        std::size_t len = 0;
+        std::optional<std::size_t> chosen;
+        std::size_t j = i;
+        std::string label = ".altinstructions entry " + std::to_string(i) + " (" + describe(instr) + ")";
+        for (; j < n && !is_dropped({s.index, j * kEntry}) && relative_target({s.index, j * kEntry}) == instr; ++j) {
+            const std::uint64_t e = field_address({s.index, j * kEntry});
+            const auto ft = get<std::uint32_t>(e + 8, ".altinstructions entry");
+            const unsigned feature = ft & 0xffff;
+            const auto flags = static_cast<std::uint16_t>(ft >> 16);
+            if (flags & ~(kFlagNot | kFlagDirectCall))
+                fail(label + ": unknown alternative flags " + hex_short(flags) + " (hvpatch knows ALT_FLAG_NOT and "
+                     "ALT_FLAG_DIRECT_CALL)");
+            len = std::max<std::size_t>(len, get<std::uint8_t>(e + 12, ".altinstructions entry"));
+            const bool inverted = flags & kFlagNot;
+            std::string what = label + ", feature " + (inverted ? "!" : "") + std::to_string(feature / 32) + "*32+" +
+                               std::to_string(feature % 32);
+            if (cpu_has(feature, what) != inverted) chosen = j;
+        }
+        if (j - i > 1) label += " and " + std::to_string(j - i - 1) + " nested";
+        ++sites;
+        std::array<std::uint8_t, 256> buf{};
+        if (len == 0) {
+            ++(chosen ? applied : kept);
+            i = j;
+            continue;
+        }
+        std::uint8_t* site = code(instr, len, label);
+        if (!chosen) {
+            std::memcpy(buf.data(), site, len);
+            ++kept;
+        } else {
+            const std::uint64_t e = field_address({s.index, *chosen * kEntry});
+            if (is_dropped({s.index, *chosen * kEntry + 4}))
+                fail(label + ": its replacement lies in a skipped section");
+            const std::uint64_t repl = relative_target({s.index, *chosen * kEntry + 4});
+            const auto flags = static_cast<std::uint16_t>(get<std::uint32_t>(e + 8, ".altinstructions entry") >> 16);
+            const std::size_t repllen = get<std::uint8_t>(e + 13, ".altinstructions entry");
+            if (repllen > len)
+                fail(label + ": replacement (" + std::to_string(repllen) + " bytes) longer than the site (" +
+                     std::to_string(len) + "); the kernel would write past it");
+            if (repllen) std::memcpy(buf.data(), code(repl, repllen, label + " replacement"), repllen);
+            std::size_t used = repllen;
+            if (flags & kFlagDirectCall) {
+                // alt_replace_call(): `call *disp(%rip)` becomes a direct call
+                // of the pointer's current value (BUG_func if NULL), or NOPs
+                // for nop_func. The replacement is `call BUG_func`.
+                if (repllen != 5 || buf[0] != kCall)
+                    fail(label + ": ALT_FLAG_DIRECT_CALL on a replacement that is not a 5-byte call (the kernel BUGs)");
+                const std::uint8_t* orig = code(instr, len, label);
+                if (len != 6 || orig[0] != 0xff || orig[1] != 0x15)
+                    fail(label + ": ALT_FLAG_DIRECT_CALL on a site that is not `call *disp32(%rip)` (the kernel BUGs)");
+                std::int32_t disp;
+                std::memcpy(&disp, orig + 2, 4);
+                const std::uint64_t slot = instr + 6 + static_cast<std::uint64_t>(static_cast<std::int64_t>(disp));
+                std::uint64_t target = img_.contains(slot, 8) ? get<std::uint64_t>(slot, "direct-call pointer")
+                                                               : read_guest_u64(slot, "the pointer called at " + describe(instr));
+                const std::uint64_t bug = kernel_symbol("BUG_func", "ALT_FLAG_DIRECT_CALL");
+                if (target == 0) target = bug;
+                std::int32_t rel;
+                std::memcpy(&rel, &buf[1], 4);
+                rel = static_cast<std::int32_t>(static_cast<std::uint32_t>(rel) +
+                                                static_cast<std::uint32_t>(target - bug));
+                std::memcpy(&buf[1], &rel, 4);
+                if (auto nop = optional_kernel_symbol("nop_func"); nop && target == *nop) used = 0;
+            }
+            for (std::size_t k = used; k < len; ++k) buf[k] = 0x90;
+            relocate_replacement(buf.data(), len, instr, repl, repllen, label);
+            ++applied;
+        }
+        optimize_nop_runs(buf.data(), len, instr);
+        std::memcpy(site, buf.data(), len);
+        i = j;
+    }
+    action(".altinstructions: " + std::to_string(sites) + " site(s): " + std::to_string(applied) +
+           " alternative(s) applied, " + std::to_string(kept) +
+           " kept (for the guest's boot_cpu_data capabilities; 6.3+ entries)" +
+           (dropped ? ", " + std::to_string(dropped) + " in skipped code ignored" : ""));
+}
+
 void Linker::sort_orc(const KoSection& ip_sec, const KoSection& orc_sec) {
     // unwind_module_init(): both tables sorted by address; at one address,
     // the "weak" section terminator (sp_reg ORC_REG_UNDEFINED, !end) first.
@@ -1224,29 +1449,34 @@ void Linker::nop_mcount(const KoSection& s) {
 }
 
 void Linker::handle_bug_table(const KoSection& s) {
-    // struct bug_entry (6.1, GENERIC_BUG_RELATIVE_POINTERS, DEBUG_BUGVERBOSE):
-    // s32 bug_addr_disp, s32 file_disp, u16 line, u16 flags. The guest finds
-    // a module's entries only through its module list (module_find_bug), so
-    // for this module report_bug() says "not a bug" and the ud2 of a WARN
-    // would become an "invalid opcode" oops instead of a warning. hvpatch
-    // turns WARN's ud2 into a 2-byte NOP: execution continues as after a
-    // WARN, without the report. BUG's ud2 stays: fatal either way.
-    constexpr std::size_t kEntry = 12;
-    constexpr std::uint16_t kBugFlagWarning = 1;
-    std::size_t n = entries(s, kEntry), warns = 0, bugs = 0, dropped = 0;
+    // struct bug_entry (GENERIC_BUG_RELATIVE_POINTERS, DEBUG_BUGVERBOSE), as
+    // the guest's BTF lays it out: s32 bug_addr_disp, s32 file_disp, u16
+    // line, u16 flags (12 bytes, up to 6.x); 7.x adds s32 format_disp after
+    // bug_addr_disp (16). The guest finds a module's entries only through its
+    // module list (module_find_bug), so for this module report_bug() says
+    // "not a bug" and the ud2 of a WARN would become an "invalid opcode" oops
+    // instead of a warning. hvpatch turns WARN's ud2 into a 2-byte NOP:
+    // execution continues as after a WARN, without the report. BUG's ud2
+    // stays: fatal either way. 7.x's WARN()s with arguments have no ud2 at
+    // their site: they call __WARN_trap with their entry in a register
+    // (BUGFLAG_ARGS), and the guest reports those from the entry itself.
+    const auto& layout = facts_.bug_entry;
+    const std::size_t kEntry = layout.size;
+    constexpr std::uint16_t kBugFlagWarning = 1, kBugFlagArgs = 1 << 4;
+    std::size_t n = entries(s, kEntry), warns = 0, bugs = 0, dropped = 0, reported = 0;
     for (std::size_t i = 0; i < n; ++i) {
-        Site f{s.index, i * kEntry};
+        Site f{s.index, i * kEntry + layout.bug_addr};
         if (is_dropped(f)) {
             ++dropped;
             continue;
         }
-        std::uint64_t e = field_address(f);
+        std::uint64_t e = section_address(s.index) + i * kEntry;
         std::uint64_t addr = relative_target(f);
-        auto line = get<std::uint16_t>(e + 8, "__bug_table entry");
-        auto flags = get<std::uint16_t>(e + 10, "__bug_table entry");
+        auto line = layout.line ? get<std::uint16_t>(e + *layout.line, "__bug_table entry") : 0;
+        auto flags = get<std::uint16_t>(e + layout.flags, "__bug_table entry");
         std::string file = "?";
-        if (!is_dropped({s.index, i * kEntry + 4})) {
-            std::uint64_t fa = relative_target({s.index, i * kEntry + 4});
+        if (layout.file && !is_dropped({s.index, i * kEntry + *layout.file})) {
+            std::uint64_t fa = relative_target({s.index, i * kEntry + *layout.file});
             if (auto sec = loaded_section_at(fa, 1)) {
                 std::uint64_t end = section_address(*sec) + m_.sections()[*sec].size;
                 const char* p = reinterpret_cast<const char*>(img_.bytes.data() + (fa - img_.base));
@@ -1254,6 +1484,13 @@ void Linker::handle_bug_table(const KoSection& s) {
             }
         }
         std::string where = file + ":" + std::to_string(line) + " (" + describe(addr) + ")";
+        if ((flags & kBugFlagWarning) && (flags & kBugFlagArgs) && layout.has_format && facts_.warn_trap_with_entry) {
+            const std::uint8_t* site = code(addr, 1, "__bug_table entry " + std::to_string(i));
+            if (site[0] != 0x0f) {  // not a ud2/ud1 site: the __WARN_trap call form
+                ++reported;
+                continue;
+            }
+        }
         std::uint8_t* site = code(addr, 2, "__bug_table entry " + std::to_string(i));
         if (flags & kBugFlagWarning) {
             if (site[0] != 0x0f || site[1] != 0x0b)
@@ -1266,6 +1503,9 @@ void Linker::handle_bug_table(const KoSection& s) {
             ++bugs;
         }
     }
+    if (reported)
+        action("__bug_table: " + std::to_string(reported) +
+               " WARN() with arguments left as built (the guest's __WARN_trap reports it from its entry)");
     action("__bug_table: " + std::to_string(warns) + " WARN site(s) turned into NOPs, " + std::to_string(bugs) +
            " BUG site(s) kept (the guest reports them as \"invalid opcode\" without file and line)" +
            (dropped ? ", " + std::to_string(dropped) + " in skipped code ignored" : ""));
@@ -1425,7 +1665,12 @@ ModuleImage Linker::run() {
         action(".call_sites: " + std::to_string(s->size / 4) +
                " call site(s) left as built (call-depth tracking is off in the guest: callthunks_patch_module_calls "
                "does nothing)");
-    if (auto s = find(".altinstructions")) apply_alternatives(*s);
+    if (auto s = find(".altinstructions")) {
+        if (facts_.alt_instr_size == kAltInstrFtFlagsSize)
+            apply_alternatives_ft_flags(*s);
+        else
+            apply_alternatives(*s);
+    }
     if (auto s = find(".ibt_endbr_seal"))
         action(
             ".ibt_endbr_seal: " + std::to_string(s->size / 4) +
@@ -1532,13 +1777,15 @@ std::uint64_t ModuleImage::symbol_address(std::string_view name) const {
 void check_link_formats(const LivepatchModule& module, const GuestLinkFacts& facts) {
     std::string refusals;
     for (const auto& s : module.sections()) {
-        if (s.name == ".altinstructions" && facts.alt_instr_size != 12)
-            refusals += (refusals.empty() ? "" : "; ") + std::string(".altinstructions: the guest's struct alt_instr is ") +
-                        std::to_string(facts.alt_instr_size) +
-                        " bytes (the 6.3+ form with ft_flags); hvpatch applies only the 12-byte form of 4.x-6.2 (and 6.1.y)";
-        if (s.name == "__bug_table" && facts.bug_entry_size != 12)
-            refusals += (refusals.empty() ? "" : "; ") + std::string("__bug_table: the guest's struct bug_entry is ") +
-                        std::to_string(facts.bug_entry_size) + " bytes; hvpatch knows only the 12-byte form";
+        if (s.name == ".altinstructions" && facts.alt_instr_size != 12 && facts.alt_instr_size != kAltInstrFtFlagsSize)
+            refusals += (refusals.empty() ? "" : "; ") +
+                        std::string(".altinstructions: the guest's struct alt_instr is not a form hvpatch knows "
+                                    "(the 12-byte one of 4.x-6.2 or the 14-byte one with ft_flags of 6.3+, member "
+                                    "by member)");
+        if (s.name == "__bug_table" && facts.bug_entry.size == 0)
+            refusals += (refusals.empty() ? "" : "; ") +
+                        std::string("__bug_table: the guest's struct bug_entry is not a form hvpatch knows "
+                                    "(relative bug_addr_disp and a u16 flags, per its BTF)");
     }
     if (!refusals.empty())
         throw Error(ErrorKind::Guest, module.path() + " cannot be loaded by hvpatch into this guest: " + refusals);

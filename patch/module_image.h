@@ -105,15 +105,28 @@ struct GuestLinkFacts {
     // Which loaded objects exist ("vmlinux" always; module names), for
     // .klp.rela.<object>.* sections.
     std::function<bool(const std::string& object)> object_loaded;
-    // sizeof(struct alt_instr) and sizeof(struct bug_entry) in the guest's
-    // BTF (0: not in BTF). The linker knows the 12-byte forms of 4.x-6.2
-    // (and Debian's 5.10 and 6.1); 6.3+ alt_instr (ft_flags, 14 bytes) and
-    // 7.x bug_entry (format_disp, 16 bytes) are refused, never guessed.
-    std::uint64_t alt_instr_size = 12, bug_entry_size = 12;
+    // sizeof(struct alt_instr) in the guest's BTF (0: not in BTF, or a
+    // layout other than the two hvpatch knows: 12 bytes with a u16 cpuid up
+    // to 6.2 and in 5.10/6.1, 14 with a u32 ft_flags from 6.3, each checked
+    // member by member in link_format_facts()).
+    std::uint64_t alt_instr_size = 12;
+    // struct bug_entry (GENERIC_BUG_RELATIVE_POINTERS) as the guest's BTF
+    // lays it out: 12 bytes (bug_addr_disp, file_disp, line, flags) up to
+    // 6.x, 16 on 7.x (format_disp after bug_addr_disp). size 0: unknown.
+    struct BugEntryLayout {
+        std::uint64_t size = 12;
+        std::uint64_t bug_addr = 0, flags = 10;
+        std::optional<std::uint64_t> file = 4, line = 8;  // CONFIG_DEBUG_BUGVERBOSE
+        bool has_format = false;                          // HAVE_ARCH_BUG_FORMAT (7.x)
+    } bug_entry;
+    // 7.x WARN()s with arguments trap in the guest's __WARN_trap with their
+    // bug_entry in a register (HAVE_ARCH_BUG_FORMAT_ARGS): the guest
+    // reports those itself, module or not. Set when the guest has it.
+    bool warn_trap_with_entry = false;
 };
 
 // The guest structures the linker would write that it does not know in this
-// guest's form (GuestLinkFacts::alt_instr_size, bug_entry_size): checked
+// guest's form (GuestLinkFacts::alt_instr_size, bug_entry): checked
 // before any guest memory is allocated, and by link_module(). Throws
 // Error(Guest) naming them.
 void check_link_formats(const LivepatchModule& module, const GuestLinkFacts& facts);

@@ -329,8 +329,40 @@ FunctionPlan plan_function(GuestKernel& kernel, const PatchedFunction& pf) {
 GuestLinkFacts link_format_facts(GuestKernel& kernel) {
     GuestLinkFacts facts;
     const KernelBtf& btf = kernel.btf();
-    facts.alt_instr_size = btf.has_type("alt_instr") ? btf.size_of("alt_instr") : 0;
-    facts.bug_entry_size = btf.has_type("bug_entry") ? btf.size_of("bug_entry") : 0;
+    // A known form only if every member is where the linker reads it.
+    auto at = [&](const char* type, const char* member, std::uint64_t offset, std::uint64_t size) {
+        auto m = btf.find_member(type, member);
+        return m && m->offset == offset && m->size == size && m->bit_size == 0;
+    };
+    facts.alt_instr_size = 0;
+    if (btf.has_type("alt_instr")) {
+        const std::uint64_t size = btf.size_of("alt_instr");
+        const bool common = at("alt_instr", "instr_offset", 0, 4) && at("alt_instr", "repl_offset", 4, 4);
+        if (size == 12 && common && at("alt_instr", "cpuid", 8, 2) && at("alt_instr", "instrlen", 10, 1) &&
+            at("alt_instr", "replacementlen", 11, 1))
+            facts.alt_instr_size = 12;
+        if (size == 14 && common && at("alt_instr", "ft_flags", 8, 4) && at("alt_instr", "instrlen", 12, 1) &&
+            at("alt_instr", "replacementlen", 13, 1))
+            facts.alt_instr_size = 14;
+    }
+    facts.bug_entry = {};
+    facts.bug_entry.size = 0;
+    if (btf.has_type("bug_entry")) {
+        auto member = [&](const char* name) { return btf.find_member("bug_entry", name); };
+        auto addr = member("bug_addr_disp"), flags = member("flags"), file = member("file_disp"),
+             line = member("line"), format = member("format_disp");
+        const std::uint64_t size = btf.size_of("bug_entry");
+        if (addr && addr->size == 4 && flags && flags->size == 2 && (!file || file->size == 4) &&
+            (!line || line->size == 2) && (!format || format->size == 4) && size <= 32) {
+            facts.bug_entry.size = size;
+            facts.bug_entry.bug_addr = addr->offset;
+            facts.bug_entry.flags = flags->offset;
+            facts.bug_entry.file = file ? std::optional(file->offset) : std::nullopt;
+            facts.bug_entry.line = line ? std::optional(line->offset) : std::nullopt;
+            facts.bug_entry.has_format = format.has_value();
+        }
+    }
+    facts.warn_trap_with_entry = kernel.find_symbol("__WARN_trap").has_value();
     return facts;
 }
 

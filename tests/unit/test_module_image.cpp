@@ -522,18 +522,18 @@ TEST_F(Fixture, KeepsAlternativesWhoseFeatureIsAbsent) {
     EXPECT_THAT(image.actions, Contains(HasSubstr(".altinstructions: 0 alternative(s) applied, 3 kept")));
 }
 
-TEST_F(Fixture, RefusesAlternativesAndBugEntriesOfAnotherForm) {
-    // 6.3+ (Debian 6.12, 7.2): struct alt_instr has u32 ft_flags, 14 bytes;
-    // 7.x bug_entry is 16. Checked before allocation, and again by the linker.
+TEST_F(Fixture, RefusesAlternativesAndBugEntriesOfAnUnknownForm) {
+    // link_format_facts() leaves a size 0 when the guest's BTF shows a
+    // layout hvpatch does not know. Checked before allocation, and again by
+    // the linker.
     EXPECT_NO_THROW(check_link_formats(module, guest.facts()));
     GuestLinkFacts facts = guest.facts();
-    facts.alt_instr_size = 14;
-    expect_guest_error([&] { check_link_formats(module, facts); },
-                       {".altinstructions", "alt_instr is 14 bytes", "12-byte form"});
-    expect_guest_error([&] { link_module(module, kBase, 0, facts); }, {".altinstructions", "14 bytes"});
+    facts.alt_instr_size = 0;
+    expect_guest_error([&] { check_link_formats(module, facts); }, {".altinstructions", "not a form hvpatch knows"});
+    expect_guest_error([&] { link_module(module, kBase, 0, facts); }, {".altinstructions", "not a form"});
     facts = guest.facts();
-    facts.bug_entry_size = 16;
-    expect_guest_error([&] { check_link_formats(module, facts); }, {"__bug_table", "bug_entry is 16 bytes"});
+    facts.bug_entry.size = 0;
+    expect_guest_error([&] { check_link_formats(module, facts); }, {"__bug_table", "bug_entry is not a form"});
 }
 
 TEST_F(Fixture, RefusesAnAlternativeForAFeatureBeyondTheCapabilityWords) {
@@ -755,6 +755,107 @@ TEST_F(NewerKernelSections, RefusesAnOrcFormatThatIsNotTheGuests) {
 TEST_F(NewerKernelSections, RefusesCallSitesUnderCallDepthTracking) {
     guest.mitigations.call_depth_tracking = true;
     expect_guest_error([&] { link(); }, {"call-depth tracking", "callthunks_patch_module_calls"});
+}
+
+
+// ---- 6.3+ alternatives and the 7.x bug table ----
+
+class AltInstrFtFlags : public ::testing::Test {
+protected:
+    LivepatchModule module = LivepatchModule::open(data_path("module_image_ft_flags.ko"));
+    FakeGuest guest;
+    static constexpr unsigned kSmapBit = 9 * 32 + 20, kLfenceRdtscBit = 3 * 32 + 18;
+    AltInstrFtFlags() {
+        guest.symbols["fast_path"] = 0xffffffff81007000;
+        guest.symbols["BUG_func"] = 0xffffffff81008000;
+        guest.symbols["nop_func"] = 0xffffffff81008010;
+        guest.symbols["pv_slot"] = 0xffffffff82600000;
+        guest.symbols["pv_target"] = 0xffffffff81009000;
+        guest.symbols["some_var"] = 0xffffffff82700000;
+        guest.symbols["__SCT__WARN_trap"] = 0xffffffff81005100;
+        guest.set_u64(guest.symbols["pv_slot"], guest.symbols["pv_target"]);
+        guest.feature(kSmapBit, true);
+        guest.feature(kLfenceRdtscBit, true);
+    }
+    GuestLinkFacts facts() {
+        GuestLinkFacts f = guest.facts();
+        f.alt_instr_size = 14;
+        f.bug_entry = {.size = 16, .bug_addr = 0, .flags = 14, .file = 8, .line = 12, .has_format = true};
+        f.warn_trap_with_entry = true;
+        return f;
+    }
+    ModuleImage link() { return link_module(module, kBase, 0, facts()); }
+    std::uint64_t text(const ModuleImage& image) { return section_address(image, module, ".text"); }
+};
+
+TEST_F(AltInstrFtFlags, PatchesEachSiteAsThe63PlusKernel) {
+    ModuleImage image = link();
+    std::uint64_t t = text(image);
+    // SMAP present: `call slow_path` becomes `call fast_path`, moved from
+    // .altinstr_replacement to the site.
+    EXPECT_EQ(bytes_at(image, t + 0x00, 5), rel32(0xe8, t, guest.symbols["fast_path"]));
+    // ERMS absent: six single-byte NOPs become one 6-byte NOP.
+    EXPECT_EQ(bytes_at(image, t + 0x05, 6), (std::vector<std::uint8_t>{0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00}));
+    // ALT_NOT(ERMS): `jmp .Ltarget` (t + 0x30) moved and shortened to a JMP.d8, INT3-padded.
+    EXPECT_EQ(bytes_at(image, t + 0x0b, 5), (std::vector<std::uint8_t>{0xeb, 0x30 - 0x0d, 0xcc, 0xcc, 0xcc}));
+    // Nested: both eligible, the last one (mfence) wins.
+    EXPECT_EQ(bytes_at(image, t + 0x10, 3), (std::vector<std::uint8_t>{0x0f, 0xae, 0xf0}));
+    // ALT_DIRECT_CALL: `call *pv_slot(%rip)` becomes a direct call of the
+    // pointer's value, its sixth byte a NOP.
+    auto direct = rel32(0xe8, t + 0x13, guest.symbols["pv_target"]);
+    direct.push_back(0x90);
+    EXPECT_EQ(bytes_at(image, t + 0x13, 6), direct);
+    // A RIP-relative operand of the replacement is moved with it.
+    auto disp = static_cast<std::int32_t>(static_cast<std::int64_t>(guest.symbols["some_var"] - (t + 0x19 + 7)));
+    std::vector<std::uint8_t> mov = {0x48, 0x8b, 0x05, 0, 0, 0, 0};
+    std::memcpy(&mov[3], &disp, 4);
+    EXPECT_EQ(bytes_at(image, t + 0x19, 7), mov);
+    EXPECT_THAT(image.actions, Contains(HasSubstr(".altinstructions: 6 site(s): 5 alternative(s) applied, 1 kept")));
+}
+
+TEST_F(AltInstrFtFlags, KeepsSitesWhoseFeatureIsAbsent) {
+    guest.feature(kSmapBit, false);
+    guest.feature(kLfenceRdtscBit, false);
+    ModuleImage image = link();
+    std::uint64_t t = text(image);
+    EXPECT_EQ(bytes_at(image, t + 0x00, 5), rel32(0xe8, t, guest.symbols["slow_path"]));
+    EXPECT_EQ(bytes_at(image, t + 0x10, 3), (std::vector<std::uint8_t>{0x0f, 0x1f, 0x00}));  // three NOPs, one NOPL
+    EXPECT_EQ(bytes_at(image, t + 0x19, 7), (std::vector<std::uint8_t>{0x0f, 0x1f, 0x80, 0x00, 0x00, 0x00, 0x00}));
+    // ALT_NOT(ERMS) still applies.
+    EXPECT_EQ(bytes_at(image, t + 0x0b, 2), (std::vector<std::uint8_t>{0xeb, 0x30 - 0x0d}));
+}
+
+TEST_F(AltInstrFtFlags, DirectCallsOfNullAndNopFunc) {
+    guest.set_u64(guest.symbols["pv_slot"], 0);
+    ModuleImage image = link();
+    std::uint64_t t = text(image);
+    EXPECT_EQ(bytes_at(image, t + 0x13, 5), rel32(0xe8, t + 0x13, guest.symbols["BUG_func"]));
+    guest.set_u64(guest.symbols["pv_slot"], guest.symbols["nop_func"]);
+    image = link();
+    EXPECT_EQ(bytes_at(image, t + 0x13, 6), (std::vector<std::uint8_t>{0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00}));
+}
+
+TEST_F(AltInstrFtFlags, RefusesUnknownAlternativeFlags) {
+    ModifiedCopy copy("module_image_ft_flags.ko");
+    // Entry 0's flags (ft_flags bits 16-31, at +10) get an unknown bit.
+    copy.bytes()[module.find_section(".altinstructions")->offset + 10] = 0x08;
+    LivepatchModule modified = copy.open();
+    expect_guest_error([&] { link_module(modified, kBase, 0, facts()); },
+                       {".altinstructions entry 0", "unknown alternative flags 0x8"});
+}
+
+TEST_F(AltInstrFtFlags, BugTableOf7x) {
+    ModuleImage image = link();
+    std::uint64_t t = text(image);
+    EXPECT_EQ(bytes_at(image, t + 0x20, 2), (std::vector<std::uint8_t>{0x66, 0x90}));  // WARN: NOP
+    EXPECT_EQ(bytes_at(image, t + 0x22, 2), (std::vector<std::uint8_t>{0x0f, 0x0b}));  // BUG: kept
+    EXPECT_THAT(image.warnings, Contains(HasSubstr("WARN at ft_flags.c:10")));
+    EXPECT_THAT(image.actions, Contains(HasSubstr("1 WARN() with arguments left as built")));
+    EXPECT_THAT(image.actions, Contains(HasSubstr("__bug_table: 1 WARN site(s) turned into NOPs, 1 BUG site(s) kept")));
+    // Without __WARN_trap in the guest, the argument form is not understood.
+    GuestLinkFacts f = facts();
+    f.warn_trap_with_entry = false;
+    expect_guest_error([&] { link_module(module, kBase, 0, f); }, {"WARN site at ft_flags.c:12", "not ud2"});
 }
 
 }  // namespace
