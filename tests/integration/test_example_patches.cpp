@@ -145,6 +145,19 @@ TEST_F(ExamplePatchesTest, Example1CmdlineWithTheGuestsLivepatch) {
     EXPECT_EQ(guest_->run_ok(std::string(kCmdlineOracle)), original);
 }
 
+TEST_F(ExamplePatchesTest, Example4AlternativesWithTheGuestsLivepatch) {
+    const ExamplePatch& example = example_patch(Example::Alternatives);
+    std::string ko = put_example_patch(*guest_, example.id);
+    std::string original = guest_->run_ok(std::string(kVersionOracle));
+    ASSERT_EQ(original.rfind("Linux version ", 0), 0u) << original;
+
+    apply(example, ko);
+    EXPECT_EQ(guest_->run_ok(std::string(kVersionOracle)), kVersionPatchedOutput);
+
+    revert(example);
+    EXPECT_EQ(guest_->run_ok(std::string(kVersionOracle)), original);
+}
+
 TEST_F(ExamplePatchesTest, Example2SleeperWaitsForTheSleepersWithTheGuestsLivepatch) {
     const ExamplePatch& example = example_patch(Example::Sleeper);
     std::string ko = put_example_patch(*guest_, example.id);

@@ -126,38 +126,54 @@ TEST_P(KernelMatrix, InspectNamesTheKernelAndItsFormats) {
     EXPECT_EQ(k["formats"]["tif_notify_signal"], GetParam().tif_notify_signal) << k["formats"].dump();
 }
 
-// The 16 bytes at cmdline_proc_show's entry, as hvpatch reads them.
-std::string entry_bytes(TestGuest& guest) {
-    CommandResult sym = hvpatch({"sym", guest.target(), "cmdline_proc_show"});
+// The 16 bytes at a function's entry, as hvpatch reads them.
+std::string entry_bytes(TestGuest& guest, const std::string& function) {
+    CommandResult sym = hvpatch({"sym", guest.target(), function});
     if (sym.exit_code != 0) return "sym failed: " + sym.err;
     const std::string address = "0x" + sym.out.substr(0, sym.out.find(' '));  // "ffffffff81234560 t name"
     CommandResult read = hvpatch({"read", guest.target(), "--virt", address, "16", "--json"});
     return read.exit_code == 0 ? read.out : "read failed: " + read.err;
 }
 
-TEST_P(KernelMatrix, ApplyAndRevertTheCmdlineExample) {
-    const std::string ko = example_patch_ko(Example::Cmdline, guest().release());
-    const std::string original = guest().run_ok(std::string(kCmdlineOracle));
-    const std::string code_before = entry_bytes(guest());
+// apply, the oracle's patched output, revert, the original output and
+// entry bytes again; or, where hvpatch does not patch, a clean refusal.
+void apply_and_revert(TestGuest& guest, bool applies, Example example, std::string_view oracle,
+                      std::string_view patched_output) {
+    const ExamplePatch& e = example_patch(example);
+    const std::string function(e.replaced.front());
+    const std::string ko = example_patch_ko(example, guest.release());
+    const std::string original = guest.run_ok(std::string(oracle));
+    const std::string code_before = entry_bytes(guest, function);
     ASSERT_EQ(code_before.find("failed"), std::string::npos) << code_before;
-    CommandResult apply = hvpatch({"apply", guest().target(), ko});
-    if (!GetParam().applies) {
+    CommandResult apply = hvpatch({"apply", guest.target(), ko});
+    if (!applies) {
         // Not supported yet on this kernel: a clear refusal, nothing changed.
         EXPECT_NE(apply.exit_code, 0) << apply.out;
         EXPECT_NE(apply.err.find("hvpatch: error:"), std::string::npos) << apply.err;
-        EXPECT_EQ(guest().run_ok(std::string(kCmdlineOracle)), original);
-        EXPECT_EQ(entry_bytes(guest()), code_before);
-        CommandResult status = hvpatch({"status", guest().target(), "--json"});
-        EXPECT_EQ(status.out.find("livepatch_cmdline"), std::string::npos) << status.out;
+        EXPECT_EQ(guest.run_ok(std::string(oracle)), original);
+        EXPECT_EQ(entry_bytes(guest, function), code_before);
+        CommandResult status = hvpatch({"status", guest.target(), "--json"});
+        EXPECT_EQ(status.out.find(e.module), std::string::npos) << status.out;
         return;
     }
     ASSERT_EQ(apply.exit_code, 0) << apply.out << apply.err;
-    EXPECT_EQ(guest().run_ok(std::string(kCmdlineOracle)), kCmdlinePatchedOutput);
-    EXPECT_NE(entry_bytes(guest()), code_before) << "the entry is redirected";
-    CommandResult revert = hvpatch({"revert", guest().target(), "livepatch_cmdline"});
+    EXPECT_EQ(guest.run_ok(std::string(oracle)), patched_output);
+    EXPECT_NE(entry_bytes(guest, function), code_before) << "the entry is redirected";
+    CommandResult revert = hvpatch({"revert", guest.target(), std::string(e.module)});
     ASSERT_EQ(revert.exit_code, 0) << revert.out << revert.err;
-    EXPECT_EQ(guest().run_ok(std::string(kCmdlineOracle)), original);
-    EXPECT_EQ(entry_bytes(guest()), code_before) << "the entry's bytes are restored";
+    EXPECT_EQ(guest.run_ok(std::string(oracle)), original);
+    EXPECT_EQ(entry_bytes(guest, function), code_before) << "the entry's bytes are restored";
+}
+
+TEST_P(KernelMatrix, ApplyAndRevertTheCmdlineExample) {
+    apply_and_revert(guest(), GetParam().applies, Example::Cmdline, kCmdlineOracle, kCmdlinePatchedOutput);
+}
+
+// Alternatives (6.3+: ft_flags), paravirt calls (.parainstructions up to
+// 6.7, ALT_FLAG_DIRECT_CALL after) and WARNs (7.x: 16-byte bug_entry and
+// __WARN_trap) in the patch code, each in that kernel's own form.
+TEST_P(KernelMatrix, ApplyAndRevertTheAlternativesExample) {
+    apply_and_revert(guest(), GetParam().applies, Example::Alternatives, kVersionOracle, kVersionPatchedOutput);
 }
 
 // The sleepers of guest/init block the transition in do_nanosleep until

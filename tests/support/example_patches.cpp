@@ -51,6 +51,8 @@ const std::vector<ExamplePatch> kExamples = {
      "nanosleep sleeps in livepatch_do_nanosleep, an identical copy of do_nanosleep that /proc/PID/stack shows"},
     {Example::Prototype, "livepatch-prototype", "livepatch_prototype", {"proc_pid_statm", "task_statm"},
      "task_statm gets a new prototype; proc_pid_statm calls it so and ends /proc/PID/statm with \" livepatched\""},
+    {Example::Alternatives, "livepatch-alternatives", "livepatch_alternatives", {"version_proc_show"},
+     "/proc/version printed by code with alternatives, paravirt calls and WARNs the loader must rewrite"},
 };
 
 }  // namespace

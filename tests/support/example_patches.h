@@ -21,7 +21,7 @@
 
 namespace hvpatch::test {
 
-enum class Example { Cmdline, Sleeper, Prototype };
+enum class Example { Cmdline, Sleeper, Prototype, Alternatives };
 
 struct ExamplePatch {
     Example id;
@@ -31,7 +31,7 @@ struct ExamplePatch {
     std::string_view summary;
 };
 
-// All examples, in the order of the README (1, 2, 3).
+// All examples, in the order of the README (1, 2, 3, 4).
 std::span<const ExamplePatch> example_patches();
 const ExamplePatch& example_patch(Example id);
 
@@ -124,6 +124,11 @@ std::string guest_task_stack(GuestShell& guest, int pid);
 // it: the version a task that starts sleeping now gets. (Only outside a
 // transition: the new sleeper would hold up the transition itself.)
 SleeperVersion fresh_sleeper_version(GuestShell& guest, std::string* stack = nullptr);
+
+// --- Example 4: livepatch-alternatives -------------------------------------
+// version_proc_show from code with alternatives, paravirt calls and WARNs.
+inline constexpr std::string_view kVersionOracle = "cat /proc/version";
+inline constexpr std::string_view kVersionPatchedOutput = "hvpatch alternatives example: always yes\n";
 
 // --- Example 3: livepatch-prototype ----------------------------------------
 // proc_pid_statm and task_statm with a new task_statm prototype; the patched
