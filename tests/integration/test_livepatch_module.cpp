@@ -151,6 +151,7 @@ TEST_F(LivepatchModuleGuestTest, EveryExamplePatchDecodesAndIsSupported) {
         {Example::Sleeper, {{"", "do_nanosleep", 0, "livepatch_do_nanosleep"}}},
         {Example::Prototype,
          {{"", "proc_pid_statm", 0, "livepatch_proc_pid_statm"}, {"", "task_statm", 0, "livepatch_task_statm"}}},
+        {Example::Alternatives, {{"", "version_proc_show", 0, "livepatch_version_proc_show"}}},
     };
     for (const auto& example : example_patches()) {
         SCOPED_TRACE(std::string(example.module));
