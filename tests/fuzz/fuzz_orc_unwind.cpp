@@ -167,6 +167,8 @@ void raw(const std::uint8_t* data, std::size_t size) {
     start.dx = h.u64();
     start.r10 = where(h.u16());
     start.r13 = h.u64();
+    start.ax = where(h.u16());                        // ORC_REG_AX (7.x)
+    ctx.task_stack_padding = 8 * (h.u8() % 4);        // FRED's 16, and others
     check(ctx, start);
 }
 
@@ -253,6 +255,8 @@ void structured(const std::uint8_t* data, std::size_t size) {
     start.bp = kStack + (h.u16() % (stack_size + 1));
     start.di = start.sp + 8 * (mode & 0xf);
     start.r10 = start.sp + 16;
+    start.ax = start.sp + 24;
+    ctx.task_stack_padding = (mode & 0x20) ? 16 : 0;
     check(ctx, start);
 }
 
