@@ -321,6 +321,38 @@ TEST(QmpClientTest, LateReplyToATimedOutCommandIsDropped) {
     EXPECT_EQ(h.error, "");
 }
 
+// QEMU can hand a new connection an event left from the monitor's previous
+// client before its greeting (seen in CI: RESUME on a reconnect).
+TEST(QmpClientTest, EventsBeforeTheGreetingAreSkipped) {
+    Harness h([](FakeServer& s) {
+        s.send(R"({"event": "RESUME", "timestamp": {"seconds": 1, "microseconds": 2}})" "\r\n");
+        s.send(R"({"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 3}})" "\r\n");
+        s.handshake();
+        s.reply(s.expect("query-status"), {{"status", "running"}});
+    });
+    QmpClient c(h.take_client(), 2000ms);
+    EXPECT_EQ(c.greeting()["version"]["qemu"]["major"], 7);
+    EXPECT_EQ(c.execute("query-status")["status"], "running");
+    EXPECT_TRUE(c.take_events().empty()) << "events from before the session are not this client's";
+    h.join();
+    EXPECT_EQ(h.error, "");
+}
+
+TEST(QmpClientTest, OnlyEventsAndNoGreetingIsNotQmp) {
+    Harness h([](FakeServer& s) {
+        for (int i = 0; i < 70; ++i) s.send(R"({"event": "RESUME"})" "\r\n");
+        s.wait_for_close();
+    });
+    try {
+        QmpClient c(h.take_client(), 2000ms);
+        ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.kind(), ErrorKind::Protocol);
+        EXPECT_TRUE(contains(e.what(), "is not a QMP server: it sent '{\"event\"")) << e.what();
+    }
+    h.join();
+}
+
 TEST(QmpClientTest, SshServerIsNotQmp) {
     Harness h([](FakeServer& s) {
         s.send("SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n");

@@ -18,6 +18,8 @@ constexpr int kMaxNesting = 512;
 // Unclaimed events beyond this are dropped, oldest first, so a client that
 // never calls take_events() does not grow without bound.
 constexpr std::size_t kMaxQueuedEvents = 4096;
+// Events a connection may deliver before the greeting (see the constructor).
+constexpr int kMaxEventsBeforeGreeting = 64;
 // How much of a non-QMP peer's output is quoted in an error message.
 constexpr std::size_t kQuoteBytes = 80;
 constexpr std::size_t kReadChunk = 64 * 1024;
@@ -132,7 +134,16 @@ QmpClient::QmpClient(Socket socket, std::chrono::milliseconds timeout) : socket_
     const std::string who = "qmp:" + peer();
     nlohmann::json greeting;
     try {
-        greeting = read_message(Deadline(timeout));
+        // QEMU can hand a new connection an event left over from the
+        // monitor's previous client before the greeting (seen: a RESUME on
+        // a socket another client had just left). Such events predate this
+        // session: skipped, a bounded number, within the same deadline.
+        const Deadline deadline(timeout);
+        greeting = read_message(deadline);
+        for (int skipped = 0; greeting.is_object() && greeting.contains("event") && !greeting.contains("QMP") &&
+                              skipped < kMaxEventsBeforeGreeting;
+             ++skipped)
+            greeting = read_message(deadline);
     } catch (const Error& e) {
         switch (e.kind()) {
             case ErrorKind::Protocol:
