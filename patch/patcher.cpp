@@ -23,6 +23,7 @@
 #include "patch/module_image.h"
 #include "patch/operation_lock.h"
 #include "patch/posix_file.h"
+#include "patch/supported_kernels.h"
 #include "patch/vm_state_store.h"
 #include "vmm/interrupt.h"
 
@@ -681,6 +682,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
             patch = nullptr;
         }
         if (!patch) {
+            if (auto why = unsupported_kernel_reason(s.kernel->info().release)) throw Error(ErrorKind::Guest, *why);
             if (!options_.force_vermagic) module.check_compatible(s.kernel->info().release);
             module.check_supported();
             if (!s.kernel->layouts().livepatch)
@@ -960,6 +962,7 @@ CheckReport Patcher::check(const std::string& module_path) {
                 report.refusals.push_back(e.what());
             }
         };
+        if (auto why = unsupported_kernel_reason(report.guest_release)) report.refusals.push_back(*why);
         if (!options_.force_vermagic) note([&] { module.check_compatible(report.guest_release); });
         const std::size_t refusals_before = report.refusals.size();
         note([&] { module.check_supported(); });
