@@ -5,9 +5,11 @@
 #include "cli/output.h"
 #include "hvpatch/error.h"
 #include "hvpatch/machine.h"
+#include "introspect/branch_mitigations.h"
 #include "introspect/guest_kernel.h"
 #include "introspect/task_stacks.h"
 #include "introspect/tasks.h"
+#include "patch/module_allocator.h"
 
 namespace hvpatch::cli {
 namespace {
@@ -27,7 +29,21 @@ struct KernelView {
     // How hvpatch reads this kernel: the formats it recognised.
     std::string kallsyms_format, orc_format;
     std::size_t symbols = 0;
+    // How a patch would be loaded: the guest's allocator, and how its
+    // loader patches branch sites (what hvpatch's loader will do too).
+    ModuleAllocator allocator;
+    BranchMitigations branches;
 };
+
+std::string describe(const BranchMitigations& m) {
+    if (!m.problem.empty()) return "unknown: " + m.problem;
+    std::string out = m.retpoline ? (m.retpoline_lfence ? "retpolines (LFENCE)" : "retpolines")
+                                  : "indirect branches inline";
+    if (m.indirect_its_thunks) out += ", ITS thunks";
+    out += m.rethunk ? ", return thunk" : ", plain returns";
+    if (m.call_depth_tracking) out += ", call-depth tracking (patches refused)";
+    return out;
+}
 
 KernelView look_at_kernel(Machine& machine) {
     KernelView view;
@@ -41,6 +57,8 @@ KernelView look_at_kernel(Machine& machine) {
         view.kallsyms_format = kernel->symbols().layout().format;
         view.symbols = kernel->symbols().symbols().size();
         view.orc_format = to_string(guest_orc_format(*kernel));
+        view.allocator = find_module_allocator(*kernel);
+        view.branches = derive_branch_mitigations(*kernel);
     } catch (const Error& e) {
         if (e.kind() != ErrorKind::Guest) throw;
         view.error = e.what();
@@ -70,7 +88,10 @@ nlohmann::json kernel_json(const KernelView& view) {
                          {"stack_top_padding", k.stack_top_padding},
                          {"tif_patch_pending", k.tif_patch_pending ? nlohmann::json(*k.tif_patch_pending) : nlohmann::json()},
                          {"tif_notify_signal", k.tif_notify_signal ? nlohmann::json(*k.tif_notify_signal) : nlohmann::json()},
-                         {"thread_flags_problem", k.thread_flags_problem}}},
+                         {"thread_flags_problem", k.thread_flags_problem},
+                         {"module_memory", view.allocator.problem.empty() ? view.allocator.description
+                                                                           : "none: " + view.allocator.problem},
+                         {"branch_sites", describe(view.branches)}}},
             {"livepatch", {{"supported", k.livepatch},
                            {"transition_in_progress", k.livepatch_transition},
                            {"klp_target_state", k.klp_target_state}}}};
@@ -104,6 +125,10 @@ void print_kernel(const KernelView& view) {
                                            ", TIF_NOTIFY_SIGNAL " + std::to_string(*k.tif_notify_signal) +
                                            " (from the guest's code)").c_str()
                                         : ("unknown: " + k.thread_flags_problem).c_str());
+    std::printf("Patches:      memory from %s; branch sites: %s\n",
+                view.allocator.problem.empty() ? view.allocator.description.c_str()
+                                               : ("none (" + view.allocator.problem + ")").c_str(),
+                describe(view.branches).c_str());
     std::printf("Livepatch:    %s\n", !k.livepatch ? "not supported by this kernel (no CONFIG_LIVEPATCH)"
                                        : k.livepatch_transition ? "supported; a transition is IN PROGRESS"
                                                                 : "supported; no transition in progress");

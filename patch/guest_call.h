@@ -55,6 +55,7 @@
 
 #include "hvpatch/machine.h"
 #include "introspect/guest_kernel.h"
+#include "patch/module_allocator.h"
 
 namespace hvpatch {
 
@@ -180,12 +181,7 @@ private:
     std::vector<std::pair<std::string, std::uint64_t>> entries_;
     std::uint64_t trap_ = 0;
     std::uint64_t modules_vaddr_ = 0, modules_end_ = 0;
-    struct Allocator {
-        std::string alloc, free;              // guest functions
-        std::optional<std::uint64_t> type;    // execmem_alloc's first argument
-        std::string description, problem;     // problem: why there is none
-    };
-    std::optional<Allocator> allocator_;
+    std::optional<ModuleAllocator> allocator_;
     GuestCallReport last_;
 };
 
