@@ -621,11 +621,39 @@ std::string LivepatchModule::klp_patch_location(const GuestLayouts::Livepatch& l
     return symbol_at(find_klp_patch(layouts));
 }
 
+std::string LivepatchModule::object_callbacks(Place object, const GuestLayouts::Livepatch& L) const {
+    // struct klp_callbacks: pre_patch, post_patch, pre_unpatch, post_unpatch
+    // (function pointers), then post_unpatch_enabled.
+    static constexpr const char* kNames[] = {"pre_patch", "post_patch", "pre_unpatch", "post_unpatch"};
+    std::string found;
+    if (L.object.callbacks.size < 32) return found;
+    for (std::size_t i = 0; i < 4; ++i) {
+        Pointer p = read_pointer({object.section, object.offset + L.object.callbacks.offset + 8 * i},
+                                 std::string("klp_object.callbacks.") + kNames[i]);
+        if (!p.null) found += (found.empty() ? "" : ", ") + std::string(kNames[i]);
+    }
+    return found;
+}
+
+bool LivepatchModule::replaces(const GuestLayouts::Livepatch& L) const {
+    if (L.patch.replace.size == 0) return false;
+    Place patch = find_klp_patch(L);
+    return read_integer({patch.section, patch.offset + L.patch.replace.offset}, L.patch.replace.size,
+                        "klp_patch.replace") != 0;
+}
+
 std::vector<PatchedFunction> LivepatchModule::patched_functions(const GuestLayouts::Livepatch& L) const {
     if (L.object.size == 0 || L.func.size == 0 || L.patch.size == 0)
         throw Error(ErrorKind::Internal, "patched_functions: livepatch layouts are empty");
     Place patch = find_klp_patch(L);
     std::string patch_name = symbol_at(patch);
+    if (L.patch.states.size == 8) {
+        Pointer states = read_pointer({patch.section, patch.offset + L.patch.states.offset}, "klp_patch.states");
+        if (!states.null)
+            throw Error(ErrorKind::Guest, path_ + ": klp_patch " + patch_name +
+                                              " declares system states (klp_patch.states), which hvpatch does not "
+                                              "keep yet: klp_get_state()/klp_get_prev_state() would not see them");
+    }
     Pointer objs = read_pointer({patch.section, patch.offset + L.patch.objs.offset}, "klp_patch.objs");
     if (!objs.place)
         refuse(path_, "klp_patch " + patch_name + ": objs points outside the module (" + objs.external + ")");
@@ -640,9 +668,19 @@ std::vector<PatchedFunction> LivepatchModule::patched_functions(const GuestLayou
                               " has no terminating entry within " + osec.name);
         Pointer name = read_pointer({o.section, o.offset + L.object.name.offset}, oname + " .name");
         Pointer funcs = read_pointer({o.section, o.offset + L.object.funcs.offset}, oname + " .funcs");
-        if (name.null && funcs.null) break;
+        if (name.null && funcs.null) {
+            // The terminating entry, unless it carries callbacks (an object
+            // of vmlinux with callbacks and no functions is valid).
+            if (L.object.callbacks.size == 0 || object_callbacks(o, L).empty()) break;
+        }
         std::string object = name.null ? "" : read_string(name, oname + " .name");
         std::string label = "klp_object '" + (object.empty() ? std::string("vmlinux") : object) + "'";
+        // Fields hvpatch does not act on are refused, never ignored.
+        if (auto callbacks = object_callbacks(o, L); !callbacks.empty())
+            throw Error(ErrorKind::Guest, path_ + ": " + label + " at " + describe(o) + " has callbacks (" +
+                                              callbacks +
+                                              "), which hvpatch does not run yet: the patch would behave "
+                                              "differently than under the guest's livepatch core");
         if (funcs.null) refuse(path_, label + " at " + describe(o) + " has no funcs");
         if (!funcs.place) refuse(path_, label + ": funcs points outside the module (" + funcs.external + ")");
         std::size_t before = out.size();

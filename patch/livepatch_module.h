@@ -199,10 +199,17 @@ public:
 
     // Decodes klp_patch -> klp_object[] -> klp_func[] with the guest's
     // livepatch layouts. Throws Error(Usage) naming the section, offset or
-    // symbol when the description is missing or malformed.
+    // symbol when the description is missing or malformed; Error(Guest)
+    // for fields hvpatch does not act on yet (klp_object callbacks,
+    // klp_patch.states), which must not be ignored.
     std::vector<PatchedFunction> patched_functions(const GuestLayouts::Livepatch& layouts) const;
     // Where the klp_patch lies: "<symbol>" or "<section>+0x<offset>".
     std::string klp_patch_location(const GuestLayouts::Livepatch& layouts) const;
+    // klp_patch.replace: an atomic-replace (cumulative) patch. Callbacks and
+    // system states, which hvpatch does not act on yet, are refused by
+    // patched_functions(); replace is decided by the caller, which knows
+    // what else is applied.
+    bool replaces(const GuestLayouts::Livepatch& layouts) const;
 
 private:
     struct Place {
@@ -223,6 +230,8 @@ private:
     std::string describe(Place p) const;
     std::string symbol_at(Place p) const;
     Place find_klp_patch(const GuestLayouts::Livepatch& layouts) const;
+    // The names of the non-NULL callbacks of the klp_object at `object`.
+    std::string object_callbacks(Place object, const GuestLayouts::Livepatch& layouts) const;
 
     std::string path_;
     std::string bytes_;

@@ -423,6 +423,28 @@ GuestLinkFacts link_facts(GuestKernel& kernel) {
     return facts;
 }
 
+// klp_patch.replace: the core would take over every livepatch applied to
+// the kernel. hvpatch does not do that yet (issue 12), so a replacing patch
+// is applied only where there is nothing to replace; otherwise refused,
+// naming what it would have replaced. Empty: nothing to refuse.
+std::string replace_refusal(GuestKernel& kernel, const VmState& state, const LivepatchModule& module) {
+    const auto& L = *kernel.layouts().livepatch;
+    if (!module.replaces(L)) return "";
+    std::string others;
+    for (const auto& p : state.patches)
+        if (p.name != module.name()) others += (others.empty() ? "" : ", ") + p.name;
+    if (!others.empty())
+        return "klp_patch.replace is set (a cumulative patch): atomic replace of the hvpatch patches on this VM (" +
+               others + ") is not implemented yet; revert them first";
+    if (auto head = kernel.find_symbol("klp_patches")) {
+        const std::uint64_t next = kernel.memory().read_u64(GuestVirtAddr{*head});
+        if (next != *head)
+            return "klp_patch.replace is set (a cumulative patch): the guest's own livepatch core has patches loaded, "
+                   "which it would replace; hvpatch does not replace them";
+    }
+    return "";
+}
+
 std::vector<CheckedFunction> old_functions(const AppliedPatch& patch) {
     std::vector<CheckedFunction> out;
     for (const auto& f : patch.functions) out.push_back({f.name, f.entry, f.entry + f.size});
@@ -688,6 +710,8 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
             if (!s.kernel->layouts().livepatch)
                 throw Error(ErrorKind::Guest, "guest BTF lacks the livepatch structures (klp_patch/klp_object/klp_func)");
             auto wanted = module.patched_functions(*s.kernel->layouts().livepatch);
+            if (std::string why = replace_refusal(*s.kernel, s.state, module); !why.empty())
+                throw Error(ErrorKind::Guest, module_path + ": " + why);
             std::vector<RedirectedFunction> functions;
             std::string refusals;
             for (const auto& pf : wanted) {
@@ -983,6 +1007,10 @@ CheckReport Patcher::check(const std::string& module_path) {
         if (!s.kernel->layouts().livepatch) {
             report.refusals.push_back("guest BTF lacks the livepatch structures");
         } else {
+            note([&] {
+                if (std::string why = replace_refusal(*s.kernel, s.state, module); !why.empty())
+                    report.refusals.push_back(why);
+            });
             note([&] {
                 for (const auto& pf : module.patched_functions(*s.kernel->layouts().livepatch)) {
                     FunctionPlan plan = plan_function(*s.kernel, pf);

@@ -158,10 +158,10 @@ protected:
         build_options.timeout = 300s;
         auto build = std::make_unique<RunningCommand>(
             std::vector<std::string>{"sh", "-c",
-                                     "cp -r \"$0\"/. \"$1\"/ && make -C /usr/src/linux-headers-\"$2\" M=\"$1\" "
-                                     "KBUILD_MODPOST_WARN=1 modules",
-                                     source_dir() + "/tests/integration/patches/livepatch-extable", build_dir_,
-                                     release_},
+                                     "for m in livepatch-extable livepatch-fields; do mkdir \"$1/$m\" && "
+                                     "cp -r \"$0/$m\"/. \"$1/$m\"/ && make -C /usr/src/linux-headers-\"$2\" "
+                                     "M=\"$1/$m\" KBUILD_MODPOST_WARN=1 modules || exit 1; done",
+                                     source_dir() + "/tests/integration/patches", build_dir_, release_},
             build_options);
         guest_ = TestGuest::boot().release();
         cmdline_ko_ = example_patch_ko(Example::Cmdline, guest_->release());
@@ -490,7 +490,7 @@ TEST_F(PatchRefusalsTest, FunctionTracedByTheGuestsFtrace) {
 TEST_F(PatchRefusalsTest, ExceptionTable) {
     ASSERT_EQ(extable_build_.exit_code, 0)
         << "building tests/integration/patches/livepatch-extable: " << extable_build_.describe();
-    std::string ko = build_dir_ + "/livepatch_extable.ko";
+    std::string ko = build_dir_ + "/livepatch-extable/livepatch_extable.ko";
     ASSERT_TRUE(fs::exists(ko)) << extable_build_.describe();
     expect_refused(Refusal(ko, kExitGuest, {ko, "section __ex_table", "exception table with 1 entries"}));
 }
@@ -533,6 +533,42 @@ TEST_F(PatchRefusalsTest, GuestLivepatchInTransition) {
         << sleeper.module << " is still loaded";
     // Once the guest's own livepatch is done, hvpatch loads the module.
     expect_apply_and_revert(cmdline_ko_, "livepatch_cmdline");
+}
+
+// Fields of klp_patch/klp_object hvpatch does not act on yet are refused,
+// never ignored (tests/integration/patches/livepatch-fields).
+TEST_F(PatchRefusalsTest, CallbacksAndStatesAreRefused) {
+    ASSERT_EQ(extable_build_.exit_code, 0) << "building tests/integration/patches: " << extable_build_.describe();
+    const std::string dir = build_dir_ + "/livepatch-fields/";
+    expect_refused(Refusal(dir + "livepatch_callbacks.ko", kExitGuest,
+                           {"klp_object 'vmlinux'", "has callbacks (pre_patch, post_unpatch)", "does not run yet"}));
+    expect_refused(Refusal(dir + "livepatch_states.ko", kExitGuest,
+                           {"declares system states (klp_patch.states)", "does not keep yet"}));
+}
+
+// klp_patch.replace: applied where there is nothing to replace; refused,
+// naming what it would replace, where hvpatch patches are applied.
+TEST_F(PatchRefusalsTest, ReplaceOnlyWhereNothingIsReplaced) {
+    ASSERT_EQ(extable_build_.exit_code, 0) << "building tests/integration/patches: " << extable_build_.describe();
+    const std::string ko = build_dir_ + "/livepatch-fields/livepatch_replace.ko";
+    const std::string version = guest_->run_ok("cat /proc/version");
+    CommandResult first = apply(cmdline_ko_);
+    ASSERT_EQ(first.exit_code, 0) << first.describe();
+    Refusal refusal(ko, kExitGuest, {"klp_patch.replace is set", "(livepatch_cmdline)", "not implemented yet"});
+    refusal.check_causes = {"atomic replace of the hvpatch patches on this VM (livepatch_cmdline)"};
+    refusal.applied = {"livepatch_cmdline"};
+    refusal.functions = {"version_proc_show"};
+    expect_refused(refusal);
+    CommandResult r = revert("livepatch_cmdline");
+    ASSERT_EQ(r.exit_code, 0) << r.describe();
+    // Nothing left to replace: it applies like any patch.
+    CommandResult a = apply(ko);
+    ASSERT_EQ(a.exit_code, 0) << a.describe();
+    EXPECT_EQ(guest_->run_ok("cat /proc/version"), "livepatch_replace\n");
+    r = revert("livepatch_replace");
+    ASSERT_EQ(r.exit_code, 0) << r.describe();
+    EXPECT_EQ(guest_->run_ok("cat /proc/version"), version);
+    EXPECT_TRUE(recorded_patches().empty());
 }
 
 TEST_F(PatchRefusalsTest, PatchAlreadyApplied) {

@@ -1,0 +1,21 @@
+// SPDX-License-Identifier: GPL-2.0
+/* A cumulative patch: klp_patch.replace (as kpatch-build and klp-build emit). */
+#include "common.h"
+
+static struct klp_object fields_objs[] = {
+	{ .funcs = fields_funcs },
+	{}
+};
+
+static struct klp_patch fields_patch = {
+	.mod = THIS_MODULE,
+	.objs = fields_objs,
+	.replace = true,
+};
+
+static int __init fields_init(void) { return klp_enable_patch(&fields_patch); }
+static void __exit fields_exit(void) { }
+module_init(fields_init);
+module_exit(fields_exit);
+MODULE_LICENSE("GPL");
+MODULE_INFO(livepatch, "Y");
