@@ -1,5 +1,7 @@
 #include "patch/guest_livepatch.h"
 
+#include <optional>
+
 #include "hvpatch/error.h"
 #include "patch/kernel_write.h"
 
@@ -37,6 +39,34 @@ GuestLivepatch::GuestLivepatch(GuestKernel& kernel) : kernel_(kernel) {
         throw Error(ErrorKind::Guest, "current_task is at " + hex(current) +
                                           ", which a %gs-relative disp32 cannot reach");
     current_task_offset_ = static_cast<std::int32_t>(static_cast<std::uint32_t>(current));
+}
+
+void GuestLivepatch::taint_livepatch() {
+    constexpr std::uint64_t kMaxTaintFlags = 64;  // TAINT_FLAGS_COUNT is 19-20 in 5.10-7.x
+    const KernelBtf& btf = kernel_.btf();
+    auto flags = kernel_.find_symbol("taint_flags");
+    auto mask = kernel_.find_symbol("tainted_mask");
+    auto letter = btf.find_member("taint_flag", "c_true");
+    if (!flags || !mask || !letter || !btf.has_type("taint_flag"))
+        throw Error(ErrorKind::Guest, "cannot taint the guest kernel as livepatched: no taint_flags/tainted_mask or "
+                                      "struct taint_flag in its BTF");
+    const std::uint64_t entry = btf.size_of("taint_flag");
+    auto resolved = kernel_.symbols().resolve(GuestVirtAddr{*flags});
+    const std::uint64_t bytes = resolved && resolved->offset == 0 && resolved->size ? resolved->size : 0;
+    if (entry == 0 || bytes == 0 || bytes / entry > kMaxTaintFlags)
+        throw Error(ErrorKind::Guest, "taint_flags at " + hex(*flags) + ": " + std::to_string(bytes) +
+                                          " bytes of " + std::to_string(entry) + "-byte entries is not a taint table");
+    std::optional<unsigned> bit;
+    for (std::uint64_t i = 0; i < bytes / entry; ++i) {
+        if (kernel_.memory().read_u8(GuestVirtAddr{*flags + i * entry + letter->offset}) != 'K') continue;
+        if (bit)
+            throw Error(ErrorKind::Guest, "taint_flags at " + hex(*flags) + " has two 'K' entries (" +
+                                              std::to_string(*bit) + " and " + std::to_string(i) + ")");
+        bit = static_cast<unsigned>(i);
+    }
+    if (!bit) throw Error(ErrorKind::Guest, "taint_flags at " + hex(*flags) + " has no 'K' (TAINT_LIVEPATCH) entry");
+    const std::uint64_t value = kernel_.memory().read_u64(GuestVirtAddr{*mask});
+    if (!(value & (1ULL << *bit))) write_kernel_value(kernel_, *mask, value | (1ULL << *bit));
 }
 
 int GuestLivepatch::target_state() {

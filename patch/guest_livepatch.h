@@ -40,6 +40,14 @@ public:
     // back with only that bit changed).
     void set_task_state(const GuestTask& task, int patch_state, bool pending);
 
+    // Taints the guest kernel 'K' (TAINT_LIVEPATCH) as the core does for
+    // every livepatch (klp_enable_patch -> add_taint_module): sets that bit
+    // of tainted_mask if it is not set. The bit is a #define: it is the
+    // index of the entry of the guest's taint_flags[] whose letter is 'K'
+    // (struct taint_flag from BTF). Error(Guest) if that cannot be told.
+    // Call in a freeze; the taint stays, as in the kernel.
+    void taint_livepatch();
+
     // For the trampoline: the per-CPU offset of current_task and
     // offsetof(struct task_struct, patch_state).
     std::int32_t current_task_offset() const { return current_task_offset_; }

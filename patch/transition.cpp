@@ -45,6 +45,8 @@ TransitionPass run_transition_pass(GuestKernel& kernel, GuestLivepatch& livepatc
         throw Error(ErrorKind::Guest, "the guest's own livepatch core is in a transition (klp_transition_patch "
                                       "is set); hvpatch does not run alongside it");
     const int initial = target == kKlpPatched ? kKlpUnpatched : kKlpPatched;
+    // The core taints every kernel it patches 'K' (klp_enable_patch).
+    if (!dry && target == kKlpPatched) livepatch.taint_livepatch();
     if (!dry && livepatch.target_state() != target) livepatch.set_target_state(target);
 
     TransitionPass pass;

@@ -146,14 +146,23 @@ std::string entry_bytes(TestGuest& guest, const std::string& function) {
 
 // apply, the oracle's patched output, revert, the original output and
 // entry bytes again; or, where hvpatch does not patch, a clean refusal.
+// TAINT_LIVEPATCH ('K', bit 15 in every kernel of the matrix) in the
+// guest's own /proc/sys/kernel/tainted.
+bool tainted_livepatch(TestGuest& guest) {
+    return (std::stoull(guest.run_ok("cat /proc/sys/kernel/tainted")) >> 15) & 1;
+}
+
 void apply_and_revert(TestGuest& guest, bool applies, Example example, std::string_view oracle,
-                      std::string_view patched_output) {
+                      std::string_view patched_output, bool first_patch = false) {
     const ExamplePatch& e = example_patch(example);
     const std::string function(e.replaced.front());
     const std::string ko = example_patch_ko(example, guest.release());
     const std::string original = guest.run_ok(std::string(oracle));
     const std::string code_before = entry_bytes(guest, function);
     ASSERT_EQ(code_before.find("failed"), std::string::npos) << code_before;
+    if (first_patch && applies) {
+        EXPECT_FALSE(tainted_livepatch(guest)) << "tainted K before any patch";
+    }
     CommandResult apply = hvpatch({"apply", guest.target(), ko});
     if (!applies) {
         // Not supported yet on this kernel: a clear refusal, nothing changed.
@@ -168,6 +177,7 @@ void apply_and_revert(TestGuest& guest, bool applies, Example example, std::stri
     ASSERT_EQ(apply.exit_code, 0) << apply.out << apply.err;
     EXPECT_EQ(guest.run_ok(std::string(oracle)), patched_output);
     EXPECT_NE(entry_bytes(guest, function), code_before) << "the entry is redirected";
+    EXPECT_TRUE(tainted_livepatch(guest)) << "the guest does not show it runs live-patched code";
     CommandResult revert = hvpatch({"revert", guest.target(), std::string(e.module)});
     ASSERT_EQ(revert.exit_code, 0) << revert.out << revert.err;
     EXPECT_EQ(guest.run_ok(std::string(oracle)), original);
@@ -175,7 +185,7 @@ void apply_and_revert(TestGuest& guest, bool applies, Example example, std::stri
 }
 
 TEST_P(KernelMatrix, ApplyAndRevertTheCmdlineExample) {
-    apply_and_revert(guest(), GetParam().applies, Example::Cmdline, kCmdlineOracle, kCmdlinePatchedOutput);
+    apply_and_revert(guest(), GetParam().applies, Example::Cmdline, kCmdlineOracle, kCmdlinePatchedOutput, true);
 }
 
 // Alternatives (6.3+: ft_flags), paravirt calls (.parainstructions up to
