@@ -1,5 +1,6 @@
 #include "introspect/branch_mitigations.h"
 
+#include <utility>
 
 #include "hvpatch/error.h"
 
@@ -66,8 +67,12 @@ BranchMitigations derive_branch_mitigations(const BranchMitigationInputs& in) {
 }
 
 BranchMitigations derive_branch_mitigations(GuestKernel& kernel) {
+    return derive_branch_mitigations(kernel, cpu_capability_words(kernel));
+}
+
+BranchMitigations derive_branch_mitigations(GuestKernel& kernel, std::vector<std::uint32_t> caps) {
     BranchMitigationInputs in;
-    in.caps = cpu_capability_words(kernel);
+    in.caps = std::move(caps);
     auto& mem = kernel.memory();
     const KernelBtf& btf = kernel.btf();
     if (auto at = kernel.find_symbol("spectre_v2_enabled")) in.spectre_v2_enabled = mem.read_u32(GuestVirtAddr{*at});

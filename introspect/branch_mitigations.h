@@ -58,6 +58,8 @@ inline constexpr unsigned kFeatureRethunk = 11 * 32 + 14;
 // boot_cpu_data.x86_capability (NCAPINTS + NBUGINTS words, size from BTF).
 std::vector<std::uint32_t> cpu_capability_words(GuestKernel& kernel);
 
+// `caps`: cpu_capability_words(kernel), for a caller that has them already.
+BranchMitigations derive_branch_mitigations(GuestKernel& kernel, std::vector<std::uint32_t> caps);
 BranchMitigations derive_branch_mitigations(GuestKernel& kernel);
 
 // The derivation on values already read (unit-testable): `caps` are the

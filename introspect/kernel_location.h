@@ -29,6 +29,8 @@ namespace hvpatch {
 
 inline constexpr std::uint64_t kCpuEntryAreaIdt = 0xfffffe0000000000ULL;
 inline constexpr std::uint64_t kStartKernelMap = 0xffffffff80000000ULL;
+// MODULES_END (arch/x86/include/asm/pgtable_64_types.h), 4- and 5-level.
+inline constexpr std::uint64_t kModulesEnd = 0xffffffffff000000ULL;
 // _text without KASLR: __START_KERNEL_map + CONFIG_PHYSICAL_START (16 MiB).
 inline constexpr std::uint64_t kDefaultKernelText = 0xffffffff81000000ULL;
 

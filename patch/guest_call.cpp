@@ -20,7 +20,6 @@ using namespace std::chrono_literals;
 constexpr std::uint64_t kRflagsIf = 1ULL << 9;
 constexpr std::uint32_t kPreemptNeedResched = 0x80000000U;  // inverted bit in __preempt_count
 constexpr std::uint64_t kThreadSize = 16 * 1024;           // x86-64 THREAD_SIZE without KASAN
-constexpr std::uint64_t kModulesEnd = 0xffffffffff000000ULL;
 constexpr std::uint64_t kRel32Reach = 0x7fffffffULL;
 constexpr std::size_t kMaxSkipReasons = 8;
 constexpr std::size_t kMaxFunctionBytes = 4096;  // functions examined for trap padding
@@ -428,7 +427,7 @@ std::uint64_t GuestCaller::allocate_module_memory(std::uint64_t size) {
     std::string problem;
     if (p < modules_vaddr_ || p >= modules_end_ || size > modules_end_ - p)
         problem = "outside the module area " + hex(modules_vaddr_) + ".." + hex(modules_end_);
-    if (p % 4096 != 0) problem = "not page-aligned";
+    if (problem.empty() && p % 4096 != 0) problem = "not page-aligned";
     std::uint64_t text = kernel_.info().text.value;
     std::uint64_t end = kernel_.find_symbol("_end").value_or(text + kernel_.image().size);
     if (problem.empty() && std::max(p + size, end) - std::min(p, text) > kRel32Reach)

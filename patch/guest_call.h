@@ -143,7 +143,7 @@ public:
     // module_memfree(addr) or execmem_free(addr) (returns nothing).
     void free_module_memory(std::uint64_t addr);
     // Which allocator the guest has, e.g. "module_alloc" or
-    // "execmem_alloc(EXECMEM_MODULE_DATA=5)"; Error(Guest) if neither.
+    // "execmem_alloc(EXECMEM_MODULE_DATA=4) in ..."; Error(Guest) if neither.
     std::string module_allocator();
 
     // The module area of this kernel: with execmem (6.10+) the range the

@@ -42,6 +42,7 @@ GuestLivepatch::GuestLivepatch(GuestKernel& kernel) : kernel_(kernel) {
 }
 
 void GuestLivepatch::taint_livepatch() {
+    if (tainted_) return;
     constexpr std::uint64_t kMaxTaintFlags = 64;  // TAINT_FLAGS_COUNT is 19-20 in 5.10-7.x
     const KernelBtf& btf = kernel_.btf();
     auto flags = kernel_.find_symbol("taint_flags");
@@ -67,6 +68,7 @@ void GuestLivepatch::taint_livepatch() {
     if (!bit) throw Error(ErrorKind::Guest, "taint_flags at " + hex(*flags) + " has no 'K' (TAINT_LIVEPATCH) entry");
     const std::uint64_t value = kernel_.memory().read_u64(GuestVirtAddr{*mask});
     if (!(value & (1ULL << *bit))) write_kernel_value(kernel_, *mask, value | (1ULL << *bit));
+    tainted_ = true;
 }
 
 int GuestLivepatch::target_state() {

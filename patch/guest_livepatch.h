@@ -46,6 +46,8 @@ public:
     // index of the entry of the guest's taint_flags[] whose letter is 'K'
     // (struct taint_flag from BTF). Error(Guest) if that cannot be told.
     // Call in a freeze; the taint stays, as in the kernel.
+    // The bit is derived and the taint written at most once per
+    // GuestLivepatch: later passes of a transition cost nothing.
     void taint_livepatch();
 
     // For the trampoline: the per-CPU offset of current_task and
@@ -62,6 +64,7 @@ private:
     std::int32_t current_task_offset_ = 0, patch_state_offset_ = 0;
     unsigned tif_patch_pending_ = 0, tif_notify_signal_ = 0;
     std::uint64_t thread_flags_offset_ = 0;
+    bool tainted_ = false;  // taint_livepatch() has made sure of it
 };
 
 }  // namespace hvpatch

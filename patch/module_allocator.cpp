@@ -2,13 +2,9 @@
 
 #include "hvpatch/address.h"
 #include "hvpatch/error.h"
+#include "introspect/kernel_location.h"
 
 namespace hvpatch {
-namespace {
-
-constexpr std::uint64_t kModulesEnd = 0xffffffffff000000ULL;
-
-}  // namespace
 
 ModuleAllocator find_module_allocator(GuestKernel& kernel) {
     ModuleAllocator a;
@@ -87,6 +83,5 @@ ModuleAllocator find_module_allocator(GuestKernel& kernel) {
     a.description = "execmem_alloc(EXECMEM_MODULE_DATA=" + std::to_string(*type) + ") in " + hex(lo) + ".." + hex(hi);
     return a;
 }
-
 
 }  // namespace hvpatch

@@ -1136,7 +1136,7 @@ void Linker::apply_alternatives(const KoSection& s) {
 void add_nop_or_jump(std::uint8_t* buf, std::size_t len) {
     if (len == 0) return;
     if (len <= kAsmNopMax) {
-        std::memcpy(buf, kNops[len].data(), len);
+        add_nops(buf, len);
         return;
     }
     std::size_t k = 0;
@@ -1311,11 +1311,10 @@ void Linker::apply_alternatives_ft_flags(const KoSection& s) {
                 // for nop_func. The replacement is `call BUG_func`.
                 if (repllen != 5 || buf[0] != kCall)
                     fail(label + ": ALT_FLAG_DIRECT_CALL on a replacement that is not a 5-byte call (the kernel BUGs)");
-                const std::uint8_t* orig = code(instr, len, label);
-                if (len != 6 || orig[0] != 0xff || orig[1] != 0x15)
+                if (len != 6 || site[0] != 0xff || site[1] != 0x15)
                     fail(label + ": ALT_FLAG_DIRECT_CALL on a site that is not `call *disp32(%rip)` (the kernel BUGs)");
                 std::int32_t disp;
-                std::memcpy(&disp, orig + 2, 4);
+                std::memcpy(&disp, site + 2, 4);
                 const std::uint64_t slot = instr + 6 + static_cast<std::uint64_t>(static_cast<std::int64_t>(disp));
                 std::uint64_t target = img_.contains(slot, 8) ? get<std::uint64_t>(slot, "direct-call pointer")
                                                                : read_guest_u64(slot, "the pointer called at " + describe(instr));

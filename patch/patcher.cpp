@@ -407,7 +407,7 @@ GuestLinkFacts link_facts(GuestKernel& kernel) {
         return std::nullopt;
     };
     facts.cpu_capabilities = cpu_capability_words(kernel);
-    facts.mitigations = derive_branch_mitigations(kernel);
+    facts.mitigations = derive_branch_mitigations(kernel, facts.cpu_capabilities);
     facts.orc_header = guest_orc_header(kernel);
     facts.read_u32 = [&kernel](std::uint64_t address) -> std::optional<std::uint32_t> {
         try {

@@ -165,7 +165,7 @@ protected:
             build_options);
         guest_ = TestGuest::boot().release();
         cmdline_ko_ = example_patch_ko(Example::Cmdline, guest_->release());
-        extable_build_ = build->wait();
+        test_modules_build_ = build->wait();
     }
     static void TearDownTestSuite() {
         delete guest_;
@@ -356,7 +356,7 @@ protected:
 
     static inline TestGuest* guest_ = nullptr;
     static inline std::string release_, cmdline_ko_, build_dir_;
-    static inline CommandResult extable_build_;
+    static inline CommandResult test_modules_build_;
     std::string dir_, state_dir_, audit_log_;
 };
 
@@ -488,10 +488,10 @@ TEST_F(PatchRefusalsTest, FunctionTracedByTheGuestsFtrace) {
 }
 
 TEST_F(PatchRefusalsTest, ExceptionTable) {
-    ASSERT_EQ(extable_build_.exit_code, 0)
-        << "building tests/integration/patches/livepatch-extable: " << extable_build_.describe();
+    ASSERT_EQ(test_modules_build_.exit_code, 0)
+        << "building tests/integration/patches/livepatch-extable: " << test_modules_build_.describe();
     std::string ko = build_dir_ + "/livepatch-extable/livepatch_extable.ko";
-    ASSERT_TRUE(fs::exists(ko)) << extable_build_.describe();
+    ASSERT_TRUE(fs::exists(ko)) << test_modules_build_.describe();
     expect_refused(Refusal(ko, kExitGuest, {ko, "section __ex_table", "exception table with 1 entries"}));
 }
 
@@ -538,7 +538,7 @@ TEST_F(PatchRefusalsTest, GuestLivepatchInTransition) {
 // Fields of klp_patch/klp_object hvpatch does not act on yet are refused,
 // never ignored (tests/integration/patches/livepatch-fields).
 TEST_F(PatchRefusalsTest, CallbacksAndStatesAreRefused) {
-    ASSERT_EQ(extable_build_.exit_code, 0) << "building tests/integration/patches: " << extable_build_.describe();
+    ASSERT_EQ(test_modules_build_.exit_code, 0) << "building tests/integration/patches: " << test_modules_build_.describe();
     const std::string dir = build_dir_ + "/livepatch-fields/";
     expect_refused(Refusal(dir + "livepatch_callbacks.ko", kExitGuest,
                            {"klp_object 'vmlinux'", "has callbacks (pre_patch, post_unpatch)", "does not run yet"}));
@@ -549,7 +549,7 @@ TEST_F(PatchRefusalsTest, CallbacksAndStatesAreRefused) {
 // klp_patch.replace: applied where there is nothing to replace; refused,
 // naming what it would replace, where hvpatch patches are applied.
 TEST_F(PatchRefusalsTest, ReplaceOnlyWhereNothingIsReplaced) {
-    ASSERT_EQ(extable_build_.exit_code, 0) << "building tests/integration/patches: " << extable_build_.describe();
+    ASSERT_EQ(test_modules_build_.exit_code, 0) << "building tests/integration/patches: " << test_modules_build_.describe();
     const std::string ko = build_dir_ + "/livepatch-fields/livepatch_replace.ko";
     const std::string version = guest_->run_ok("cat /proc/version");
     CommandResult first = apply(cmdline_ko_);

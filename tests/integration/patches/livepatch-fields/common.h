@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * One replacement of version_proc_show (/proc/version) for the modules of
- * this directory; each adds one field of struct klp_patch or klp_object.
+ * this directory, and their init; each module defines fields_patch with one
+ * more field of struct klp_patch or klp_object.
  */
 #include <linux/kernel.h>
 #include <linux/livepatch.h>
@@ -21,3 +22,12 @@ static struct klp_func fields_funcs[] = {
 	},
 	{}
 };
+
+static struct klp_patch fields_patch;  /* defined by each module */
+
+static int __init fields_init(void) { return klp_enable_patch(&fields_patch); }
+static void __exit fields_exit(void) { }
+module_init(fields_init);
+module_exit(fields_exit);
+MODULE_LICENSE("GPL");
+MODULE_INFO(livepatch, "Y");

@@ -20,10 +20,3 @@ static struct klp_patch fields_patch = {
 	.mod = THIS_MODULE,
 	.objs = fields_objs,
 };
-
-static int __init fields_init(void) { return klp_enable_patch(&fields_patch); }
-static void __exit fields_exit(void) { }
-module_init(fields_init);
-module_exit(fields_exit);
-MODULE_LICENSE("GPL");
-MODULE_INFO(livepatch, "Y");

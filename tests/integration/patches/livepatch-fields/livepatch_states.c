@@ -17,10 +17,3 @@ static struct klp_patch fields_patch = {
 	.objs = fields_objs,
 	.states = fields_states,
 };
-
-static int __init fields_init(void) { return klp_enable_patch(&fields_patch); }
-static void __exit fields_exit(void) { }
-module_init(fields_init);
-module_exit(fields_exit);
-MODULE_LICENSE("GPL");
-MODULE_INFO(livepatch, "Y");
