@@ -145,6 +145,14 @@ void run_check(const PatchCommandOptions& opt, GlobalOptions& global) {
             std::printf(" -> %s%s\n", f.new_symbol.c_str(), plan.refusal.empty() ? "" : "  REFUSED");
         }
         for (const auto& s : report.special_sections) std::printf("  section %s\n", s.c_str());
+        if (report.replace) {
+            std::string replaces, restores;
+            for (const auto& n : report.replaces) replaces += (replaces.empty() ? "" : ", ") + n;
+            for (const auto& n : report.restores) restores += (restores.empty() ? "" : ", ") + n;
+            std::printf("cumulative (klp_patch.replace): takes over %s\n",
+                        replaces.empty() ? "nothing (no other hvpatch patch is applied)" : replaces.c_str());
+            if (!restores.empty()) std::printf("  back to the original code: %s\n", restores.c_str());
+        }
         std::printf("%zu tasks; %zu would block the transition right now%s\n", report.tasks, report.blockers.size(),
                     report.blockers.empty() ? "" : ":");
         print_blockers(report.blockers);
@@ -168,6 +176,7 @@ void print_operation(const OperationReport& r, bool json) {
     for (const auto& f : r.functions)
         std::printf("  %s at %s -> %s at %s\n", f.name.c_str(), hex(f.entry).c_str(), f.new_symbol.c_str(),
                     hex(f.new_address).c_str());
+    for (const auto& name : r.replaced) std::printf("  replaced %s: gone\n", name.c_str());
     if (!r.forced.empty()) {
         std::printf("FORCED: these tasks were switched with the patch on their stack:\n");
         print_blockers(r.forced);

@@ -43,7 +43,8 @@ json function_to_json(const RedirectedFunction& f) {
             {"trampoline", f.trampoline},
             {"original", bytes_to_hex(f.original)},
             {"to_trampoline", bytes_to_hex(f.to_trampoline)},
-            {"to_new", bytes_to_hex(f.to_new)}};
+            {"to_new", bytes_to_hex(f.to_new)},
+            {"nop", f.nop}};
 }
 
 RedirectedFunction function_from_json(const json& j) {
@@ -61,6 +62,7 @@ RedirectedFunction function_from_json(const json& j) {
     f.original = hex_to_bytes(j.at("original").get<std::string>(), "original");
     f.to_trampoline = hex_to_bytes(j.at("to_trampoline").get<std::string>(), "to_trampoline");
     f.to_new = hex_to_bytes(j.at("to_new").get<std::string>(), "to_new");
+    f.nop = j.value("nop", false);  // records before stacked patches have none
     return f;
 }
 
@@ -110,6 +112,11 @@ PatchPhase patch_phase_from_string(const std::string& text) {
     throw Error(ErrorKind::Internal, "state: unknown patch phase '" + text + "'");
 }
 
+bool is_live(const AppliedPatch& patch) {
+    return patch.phase == PatchPhase::Patching || patch.phase == PatchPhase::Applied ||
+           patch.phase == PatchPhase::Unpatching;
+}
+
 AppliedPatch* VmState::find(const std::string& name) {
     for (auto& patch : patches)
         if (patch.name == name) return &patch;
@@ -134,6 +141,8 @@ json to_json(const VmState& state) {
                            {"orc", {{"ip_table", p.orc_ip_table}, {"table", p.orc_table}, {"entries", p.orc_entries}}},
                            {"code", code_to_json(p.code)},
                            {"functions", functions},
+                           {"replace", p.replace},
+                           {"replaces", p.replaces},
                            {"applied_at", p.applied_at},
                            {"updated_at", p.updated_at}});
     }
@@ -176,6 +185,8 @@ VmState vm_state_from_json(const json& j) {
             for (const auto& cj : pj.at("code"))
                 p.code.push_back({cj.at(0).get<std::string>(), cj.at(1).get<std::uint64_t>(), cj.at(2).get<std::uint64_t>()});
             for (const auto& fj : pj.at("functions")) p.functions.push_back(function_from_json(fj));
+            p.replace = pj.value("replace", false);
+            p.replaces = pj.value("replaces", std::vector<std::string>{});
             p.applied_at = pj.at("applied_at").get<std::string>();
             p.updated_at = pj.at("updated_at").get<std::string>();
             state.patches.push_back(std::move(p));

@@ -33,6 +33,11 @@ struct RedirectedFunction {
     std::vector<std::uint8_t> original;       // the 5 bytes at site before hvpatch
     std::vector<std::uint8_t> to_trampoline;  // jmp to the trampoline (during transitions)
     std::vector<std::uint8_t> to_new;         // jmp to the new function (once applied)
+    // An atomic replace's "nop" (the core's klp_func.nop): a function the
+    // replaced patches redirect and the replacing one does not; patched
+    // tasks go back to the original code (new_address 0, to_new == original).
+    // It exists only while the replace is in transition.
+    bool nop = false;
 };
 
 // Phases, in order. A crash leaves a patch in any of them.
@@ -63,6 +68,11 @@ struct AppliedPatch {
     };
     std::vector<Function> code;
     std::vector<RedirectedFunction> functions;
+    // klp_patch.replace: when its transition completes, every other patch
+    // live on the VM is gone. `replaces` names them (recorded before the
+    // transition starts, so that a resumed or reverted replace knows).
+    bool replace = false;
+    std::vector<std::string> replaces;
     std::string applied_at, updated_at;  // UTC ISO-8601
 };
 
@@ -73,8 +83,14 @@ struct VmState {
     std::string kernel_release;
     std::vector<AppliedPatch> patches;
 
+    // state.patches is in the order they were applied: for a function
+    // several patches redirect, the last live one runs (the core's func_stack).
     AppliedPatch* find(const std::string& name);
 };
+
+// A patch whose redirections may be in the guest: patching, applied or
+// unpatching (loading and freeing ones redirect nothing).
+bool is_live(const AppliedPatch& patch);
 
 nlohmann::json to_json(const VmState& state);
 VmState vm_state_from_json(const nlohmann::json& json);  // Error(Internal) naming the bad field

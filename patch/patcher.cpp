@@ -24,6 +24,7 @@
 #include "patch/operation_lock.h"
 #include "patch/posix_file.h"
 #include "patch/supported_kernels.h"
+#include "patch/transition_plan.h"
 #include "patch/vm_state_store.h"
 #include "vmm/interrupt.h"
 
@@ -267,7 +268,7 @@ struct Patcher::Session {
 namespace {
 
 // Resolves a klp_func's old function in the guest and looks at its entry.
-FunctionPlan plan_function(GuestKernel& kernel, const PatchedFunction& pf) {
+FunctionPlan plan_function(GuestKernel& kernel, const PatchedFunction& pf, const VmState& state) {
     FunctionPlan plan;
     RedirectedFunction& f = plan.function;
     f.object = pf.object.empty() ? "vmlinux" : pf.object;
@@ -312,6 +313,20 @@ FunctionPlan plan_function(GuestKernel& kernel, const PatchedFunction& pf) {
         if (auto resolved = modules.resolve(f.entry)) f.size = resolved->size;
     }
     if (f.size == 0) f.size = 1;
+    // A function an hvpatch patch redirects already: the new patch stacks
+    // on it (the core's func_stack), with the original bytes on record.
+    for (const auto& p : state.patches) {
+        if (!is_live(p)) continue;
+        for (const auto& existing : p.functions) {
+            if (existing.entry != f.entry) continue;
+            f.size = existing.size;
+            f.site = existing.site;
+            f.original = existing.original;
+            auto stack = function_stack(state, f.site);
+            plan.entry_kind = "redirected by hvpatch patch " + stack.back().patch->name + " (stacks on it)";
+            return plan;
+        }
+    }
     auto head = kernel.memory().read_bytes(GuestVirtAddr{f.entry}, 16);
     const FtraceNop nop = derive_ftrace_nop(kernel);
     EntryKind kind = classify_entry(head, f.entry, nop);
@@ -423,41 +438,28 @@ GuestLinkFacts link_facts(GuestKernel& kernel) {
     return facts;
 }
 
-// klp_patch.replace: the core would take over every livepatch applied to
-// the kernel. hvpatch does not do that yet (issue 12), so a replacing patch
-// is applied only where there is nothing to replace; otherwise refused,
-// naming what it would have replaced. Empty: nothing to refuse.
-std::string replace_refusal(GuestKernel& kernel, const VmState& state, const LivepatchModule& module) {
+// klp_patch.replace over the guest's own livepatches: the core would take
+// them over too; hvpatch replaces only its own. Empty: nothing to refuse.
+std::string replace_refusal(GuestKernel& kernel, const LivepatchModule& module) {
     const auto& L = *kernel.layouts().livepatch;
     if (!module.replaces(L)) return "";
-    std::string others;
-    for (const auto& p : state.patches)
-        if (p.name != module.name()) others += (others.empty() ? "" : ", ") + p.name;
-    if (!others.empty())
-        return "klp_patch.replace is set (a cumulative patch): atomic replace of the hvpatch patches on this VM (" +
-               others + ") is not implemented yet; revert them first";
     if (auto head = kernel.find_symbol("klp_patches")) {
         const std::uint64_t next = kernel.memory().read_u64(GuestVirtAddr{*head});
         if (next != *head)
             return "klp_patch.replace is set (a cumulative patch): the guest's own livepatch core has patches loaded, "
-                   "which it would replace; hvpatch does not replace them";
+                   "which it would replace; hvpatch replaces only its own patches";
     }
     return "";
 }
 
-std::vector<CheckedFunction> old_functions(const AppliedPatch& patch) {
-    std::vector<CheckedFunction> out;
-    for (const auto& f : patch.functions) out.push_back({f.name, f.entry, f.entry + f.size});
-    return out;
-}
-std::vector<CheckedFunction> new_functions(const AppliedPatch& patch) {
-    std::vector<CheckedFunction> out;
-    for (const auto& f : patch.functions)
-        out.push_back({f.new_symbol, f.new_address, f.new_address + std::max<std::uint64_t>(f.new_size, 1)});
-    // Trampolines: a task preempted inside one is inside the patch.
-    for (const auto& f : patch.functions)
-        out.push_back({"trampoline of " + f.name, f.trampoline, f.trampoline + shim::trampoline_size()});
-    return out;
+// A patch of the record left mid-transition (killed): nothing else may
+// start a transition until it is finished or reverted. Empty: none.
+std::string unfinished_transition(const VmState& state, const std::string& except) {
+    for (const auto& p : state.patches)
+        if (p.name != except && (p.phase == PatchPhase::Patching || p.phase == PatchPhase::Unpatching))
+            return "patch " + p.name + " on this VM is mid-transition (" + to_string(p.phase) +
+                   "): finish it first with `hvpatch apply --resume` or `hvpatch revert " + p.name + "`";
+    return "";
 }
 
 }  // namespace
@@ -477,24 +479,78 @@ void wake_blockers(Patcher::Session& s, const std::vector<TransitionBlocker>& bl
 
 }  // namespace
 
-struct TransitionDriver {
+// Runs TransitionPlans (transition_plan.h): redirect the moving sites to
+// their trampolines, passes until every task switched, settle the sites.
+// apply, revert, replace and their rollbacks are plans for it.
+struct TransitionEngine {
+    explicit TransitionEngine(Patcher::Session& session) : s(session) {}
     Patcher::Session& s;
     int passes = 0;
     std::vector<TransitionBlocker> first_blockers;
-    Clock::time_point started = Clock::now();
     std::chrono::nanoseconds time{0};
 
-    // Passes towards `target` until every task switched or `deadline`.
-    // Frozen on entry and on return.
-    TransitionPass run(int target, const std::vector<CheckedFunction>& checked, Clock::time_point deadline,
-                       const char* direction) {
+    // In a freeze: every moving site must hold its rest bytes from before
+    // (or after: an interrupted run reversed) or already the trampoline jump
+    // (an interrupted run resumed); all are checked before anything is
+    // written. The trampolines get the plan's targets (rewritten only where
+    // they differ: the same blob serves both directions), then the sites
+    // jump to them. A write that fails puts back what this call wrote.
+    void check_sites(const TransitionPlan& plan) {
+        s.freeze();
+        for (const auto& m : plan.moves) {
+            auto now = s.read_guest(m.site, 5);
+            if (now != m.rest_before && now != m.via && now != m.rest_after)
+                throw Error(ErrorKind::Guest, "entry of " + m.function + " at " + hex(m.site) + " holds " +
+                                                  bytes_to_hex(now) + ", expected " + bytes_to_hex(m.rest_before) +
+                                                  ": something else changed it; hvpatch stops here");
+        }
+    }
+    // The caller records the phase between check_sites() and redirect(),
+    // in the same freeze: the record is written ahead of the guest.
+    void redirect(const TransitionPlan& plan) {
+        check_sites(plan);
+        GuestLivepatch& klp = s.klp();
+        std::vector<std::pair<std::uint64_t, std::vector<std::uint8_t>>> written;
+        try {
+            for (const auto& m : plan.moves) {
+                const std::vector<std::byte> built = shim::build_trampoline(
+                    {m.trampoline, klp.current_task_offset(), klp.patch_state_offset(), m.unpatched_target,
+                     m.patched_target});
+                auto blob = to_vector(built);
+                auto before = s.read_guest(m.trampoline, blob.size());
+                if (before == blob) continue;
+                s.write_guest(m.trampoline, blob);
+                written.emplace_back(m.trampoline, std::move(before));
+            }
+            for (const auto& m : plan.moves) {
+                auto before = s.read_guest(m.site, 5);
+                if (before == m.via) continue;
+                s.write_guest(m.site, m.via);
+                written.emplace_back(m.site, std::move(before));
+            }
+        } catch (...) {
+            IgnoreInterrupts ignore;
+            for (auto it = written.rbegin(); it != written.rend(); ++it) {
+                try {
+                    s.write_guest(it->first, it->second);
+                } catch (...) {
+                }
+            }
+            throw;
+        }
+    }
+
+    // Passes towards the plan's target until every task switched or
+    // `deadline`. Frozen on entry and on return.
+    TransitionPass converge(const TransitionPlan& plan, Clock::time_point deadline) {
+        const char* direction = plan.target == kKlpPatched ? "patching" : "unpatching";
         const auto start = Clock::now();
         bool signalled = false;
         for (;;) {
             throw_if_interrupted(std::string("the ") + direction + " transition (state kept: see hvpatch status)");
             s.freeze();
-            TransitionPass pass =
-                run_transition_pass(*s.kernel, s.klp(), target, checked, PassMode::Switch, foreign_code_of(s.state));
+            TransitionPass pass = run_transition_pass(*s.kernel, s.klp(), plan.target, plan.checked, PassMode::Switch,
+                                                      foreign_code_of(s.state));
             if (++passes == 1) first_blockers = pass.blockers;
             if (s.options.progress) {
                 TransitionProgress p{direction, passes, pass.tasks, pass.remaining, pass.blockers,
@@ -513,6 +569,30 @@ struct TransitionDriver {
             s.thaw();
             std::this_thread::sleep_for(s.options.pass_interval);
         }
+    }
+
+    // --force: every remaining task switched, loudly. Frozen.
+    TransitionPass force(const TransitionPlan& plan) {
+        s.freeze();
+        return run_transition_pass(*s.kernel, s.klp(), plan.target, plan.checked, PassMode::Force,
+                                   foreign_code_of(s.state));
+    }
+
+    // In one freeze, after the transition completed: the sites from the
+    // trampoline jumps to their rest bytes (checked first, all of them),
+    // every task's patch_state back to KLP_UNDEFINED, as
+    // klp_complete_transition() orders it.
+    void settle(const TransitionPlan& plan) {
+        s.freeze();
+        for (const auto& m : plan.moves) {
+            auto now = s.read_guest(m.site, 5);
+            if (now != m.via && now != m.rest_after)
+                throw Error(ErrorKind::Guest, "entry of " + m.function + " at " + hex(m.site) + " holds " +
+                                                  bytes_to_hex(now) + ", expected the jump to hvpatch's trampoline (" +
+                                                  bytes_to_hex(m.via) + "): something else changed it; hvpatch stops here");
+        }
+        for (const auto& m : plan.moves) s.write_guest(m.site, m.rest_after);
+        clear_transition_state(*s.kernel, s.klp());
     }
 };
 
@@ -546,21 +626,6 @@ std::string describe_blockers(const std::vector<TransitionBlocker>& blockers) {
     return text;
 }
 
-void verify_sites(Patcher::Session& s, const AppliedPatch& patch,
-                  std::vector<std::uint8_t> RedirectedFunction::*expected, const char* what) {
-    for (const auto& f : patch.functions) {
-        auto now = s.read_guest(f.site, 5);
-        if (now != f.*expected)
-            throw Error(ErrorKind::Guest, "entry of " + f.name + " at " + hex(f.site) + " holds " + bytes_to_hex(now) +
-                                              ", expected " + what + " (" + bytes_to_hex(f.*expected) +
-                                              "): something else changed it; hvpatch stops here");
-    }
-}
-
-void write_sites(Patcher::Session& s, const AppliedPatch& patch, std::vector<std::uint8_t> RedirectedFunction::*bytes) {
-    for (const auto& f : patch.functions) s.write_guest(f.site, f.*bytes);
-}
-
 // Frees the guest memory of a patch no task can be in any more, and forgets it.
 void free_patch(Patcher::Session& s, AppliedPatch& patch) {
     if (patch.phase != PatchPhase::Loading) {
@@ -582,47 +647,83 @@ void run_before_finish(Patcher::Session& s) {
     s.freeze();
 }
 
-// Ends an unpatch transition that completed: waits (bounded) for a freeze
-// in which no task is inside the patch memory, restores the original bytes
-// in it, clears the per-task state, then frees the memory. Tasks still
-// inside after signal_after are woken once, as in the transition: after
-// --force (or a transition a task passed with the patch on its stack) a
-// long sleeper would otherwise keep the memory for as long as it sleeps.
-void finish_unpatch(Patcher::Session& s, AppliedPatch& patch, Clock::time_point deadline) {
-    run_before_finish(s);
+// Waits (bounded by `deadline`) for a freeze in which no task is inside
+// [begin, end): unreliable stacks count as inside. Tasks still inside after
+// signal_after are woken once, as in the transition: after --force (or a
+// transition a task passed with the patch on its stack) a long sleeper
+// would otherwise keep the memory for as long as it sleeps. Returns frozen;
+// the tasks inside at the deadline (empty: none).
+std::vector<TransitionBlocker> wait_until_unused(Patcher::Session& s, std::uint64_t begin, std::uint64_t end,
+                                                 const std::string& what, Clock::time_point deadline) {
     const auto start = Clock::now();
     bool signalled = false;
     for (;;) {
         s.freeze();
-        auto inside = tasks_inside(*s.kernel, patch.base, patch.base + patch.size, foreign_code_of(s.state));
-        if (inside.empty()) break;
-        if (Clock::now() >= deadline)
-            throw Error(ErrorKind::Timeout, "tasks are still inside the patch memory of " + patch.name + ": " +
-                                                describe_blockers(inside) + "; state kept, run hvpatch revert again");
+        auto inside = tasks_inside(*s.kernel, begin, end, foreign_code_of(s.state));
+        if (inside.empty() || Clock::now() >= deadline) return inside;
         if (!signalled && Clock::now() - start >= s.options.signal_after) {
-            s.say("waking " + std::to_string(inside.size()) +
-                  " task(s) still inside the patch memory as klp_send_signals does");
+            s.say("waking " + std::to_string(inside.size()) + " task(s) still inside " + what +
+                  " as klp_send_signals does");
             wake_blockers(s, inside);
             signalled = true;
         }
         s.thaw();
         std::this_thread::sleep_for(s.options.pass_interval);
     }
-    verify_sites(s, patch, &RedirectedFunction::to_trampoline, "the jump to hvpatch's trampoline");
-    write_sites(s, patch, &RedirectedFunction::original);
-    clear_transition_state(*s.kernel, s.klp());
+}
+
+// Ends an unpatching transition that completed. The sites are settled only
+// in a freeze in which no task is inside the patch memory: a task preempted
+// in a trampoline would take the patched side once its patch_state is back
+// to KLP_UNDEFINED. Then the memory is freed. The patch is gone from the
+// record afterwards.
+void finish_unpatch(Patcher::Session& s, TransitionEngine& engine, const TransitionPlan& plan, AppliedPatch& patch,
+                    Clock::time_point deadline) {
+    run_before_finish(s);
+    auto inside = wait_until_unused(s, patch.base, patch.base + patch.size, "the patch memory of " + patch.name, deadline);
+    if (!inside.empty())
+        throw Error(ErrorKind::Timeout, "tasks are still inside the patch memory of " + patch.name + ": " +
+                                            describe_blockers(inside) + "; state kept, run hvpatch revert again");
+    engine.settle(plan);
     free_patch(s, patch);
 }
 
-// Ends a patch transition that completed: direct jumps, per-task state cleared.
-void finish_patch(Patcher::Session& s, AppliedPatch& patch) {
+// Ends a patching transition that completed: the sites settle on the new
+// functions. A replace then ends as klp_complete_transition() ends one:
+// its nops are discarded (their sites hold the original bytes again) and
+// the patches it replaced are unpatched and freed, each once no task is
+// inside its memory; one still in use at the deadline stays recorded as
+// freeing (hvpatch revert frees it later). Returns what happened to each
+// replaced patch, for the audit record. `patch` may move in the record.
+json finish_patch(Patcher::Session& s, TransitionEngine& engine, const TransitionPlan& plan, AppliedPatch& patch,
+                  Clock::time_point deadline) {
     run_before_finish(s);
-    s.freeze();
-    verify_sites(s, patch, &RedirectedFunction::to_trampoline, "the jump to hvpatch's trampoline");
-    write_sites(s, patch, &RedirectedFunction::to_new);
-    clear_transition_state(*s.kernel, s.klp());
+    engine.settle(plan);
     patch.phase = PatchPhase::Applied;
+    std::erase_if(patch.functions, [](const RedirectedFunction& f) { return f.nop; });
+    const std::string name = patch.name;
+    json replaced = json::array();
+    for (const auto& other : plan.replaced)
+        if (AppliedPatch* r = s.state.find(other); r && r->name != name) r->phase = PatchPhase::Freeing;
     s.save(patch);
+    for (const auto& other : plan.replaced) {
+        AppliedPatch* r = s.state.find(other);
+        if (!r || r->name == name) continue;
+        json entry = {{"name", r->name}, {"sha256", r->sha256}};
+        auto inside = wait_until_unused(s, r->base, r->base + r->size, "the memory of replaced patch " + r->name, deadline);
+        if (inside.empty()) {
+            s.say("replaced patch " + r->name + " is gone: freeing its memory");
+            free_patch(s, *r);
+            entry["freed"] = true;
+        } else {
+            s.say("warning: replaced patch " + r->name + " is no longer used, but tasks are still inside its memory (" +
+                  describe_blockers(inside) + "): it stays recorded as freeing; `hvpatch revert " + r->name +
+                  "` frees it later");
+            entry["freed"] = false;
+        }
+        replaced.push_back(std::move(entry));
+    }
+    return replaced;
 }
 
 }  // namespace
@@ -682,21 +783,23 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
     record["patch"] = {{"path", module_path}};
     try {
         LivepatchModule module = LivepatchModule::open(module_path);
-        report.patch_name = module.name();
+        const std::string name = module.name();
+        report.patch_name = name;
         report.sha256 = module.sha256();
-        record["patch"] = {{"name", module.name()}, {"sha256", module.sha256()}, {"path", module_path}};
-        patch = s.state.find(module.name());
+        record["patch"] = {{"name", name}, {"sha256", module.sha256()}, {"path", module_path}};
+        patch = s.state.find(name);
         if (patch && !resume && patch->phase == PatchPhase::Applied) s.stage("already-applied");
         if (patch && !resume)
-            throw Error(ErrorKind::Usage, "patch " + module.name() + " is already on " + s.id.target + " (" +
+            throw Error(ErrorKind::Usage, "patch " + name + " is already on " + s.id.target + " (" +
                                               to_string(patch->phase) + ")" +
                                               (patch->phase == PatchPhase::Applied ? "" : ": finish it with `hvpatch apply --resume` or `hvpatch revert`"));
-        if (!patch && resume) throw Error(ErrorKind::Usage, "no interrupted apply of " + module.name() + " to resume on " + s.id.target);
+        if (!patch && resume) throw Error(ErrorKind::Usage, "no interrupted apply of " + name + " to resume on " + s.id.target);
         if (patch && patch->sha256 != module.sha256())
             throw Error(ErrorKind::Usage, module_path + " is not the module being applied (sha256 " + patch->sha256 + ")");
         if (patch && patch->phase != PatchPhase::Loading && patch->phase != PatchPhase::Patching)
-            throw Error(ErrorKind::Usage, "patch " + module.name() + " is " + to_string(patch->phase) +
+            throw Error(ErrorKind::Usage, "patch " + name + " is " + to_string(patch->phase) +
                                               ": nothing to resume (use hvpatch revert)");
+        if (std::string why = unfinished_transition(s.state, name); !why.empty()) throw Error(ErrorKind::Guest, why);
         if (patch && patch->phase == PatchPhase::Loading) {
             s.say("an interrupted load left guest memory at " + hex(patch->base) + ": freeing it, then starting over");
             s.stage("loading");
@@ -709,21 +812,33 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
             module.check_supported();
             if (!s.kernel->layouts().livepatch)
                 throw Error(ErrorKind::Guest, "guest BTF lacks the livepatch structures (klp_patch/klp_object/klp_func)");
-            auto wanted = module.patched_functions(*s.kernel->layouts().livepatch);
-            if (std::string why = replace_refusal(*s.kernel, s.state, module); !why.empty())
+            const auto& L = *s.kernel->layouts().livepatch;
+            auto wanted = module.patched_functions(L);
+            const bool replace = module.replaces(L);
+            if (std::string why = replace_refusal(*s.kernel, module); !why.empty())
                 throw Error(ErrorKind::Guest, module_path + ": " + why);
             std::vector<RedirectedFunction> functions;
             std::string refusals;
             for (const auto& pf : wanted) {
-                FunctionPlan plan = plan_function(*s.kernel, pf);
-                for (const auto& other : s.state.patches)
-                    for (const auto& f : other.functions)
-                        if (plan.function.entry && f.entry == plan.function.entry)
-                            plan.refusal = pf.old_name + " is already redirected by hvpatch patch " + other.name;
+                FunctionPlan plan = plan_function(*s.kernel, pf, s.state);
                 if (!plan.refusal.empty()) refusals += (refusals.empty() ? "" : "; ") + plan.refusal;
                 functions.push_back(plan.function);
             }
             if (!refusals.empty()) throw Error(ErrorKind::Guest, module_path + ": " + refusals);
+            // An atomic replace takes every other live patch's functions: the
+            // ones it does not patch itself go back to the original code.
+            std::vector<RedirectedFunction> nops;
+            std::vector<std::string> replaces;
+            if (replace) {
+                nops = replace_nops(s.state, name, functions);
+                replaces = replaced_by(s.state, name);
+                if (!replaces.empty())
+                    s.say("replacing " + std::to_string(replaces.size()) + " patch(es) (" + [&] {
+                        std::string list;
+                        for (const auto& r : replaces) list += (list.empty() ? "" : ", ") + r;
+                        return list;
+                    }() + "); " + std::to_string(nops.size()) + " function(s) go back to the original code");
+            }
             GuestLivepatch& klp = s.klp();
             if (klp.guest_transition_in_progress())
                 throw Error(ErrorKind::Guest, "the guest's own livepatch is in a transition; try again later");
@@ -732,7 +847,8 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                                                   ": a livepatch transition is in progress in the guest");
 
             const std::uint64_t tsize = shim::trampoline_size();
-            ModuleLayout layout = plan_module_layout(module, tsize * functions.size());
+            const std::size_t slots = functions.size() + nops.size();
+            ModuleLayout layout = plan_module_layout(module, tsize * slots);
             check_link_formats(module, link_format_facts(*s.kernel));
             s.say("allocating " + std::to_string(layout.total_size()) + " bytes of guest module memory");
             s.stage("loading");
@@ -740,7 +856,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
             s.after_call();
             touched = true;
             AppliedPatch fresh;
-            fresh.name = module.name();
+            fresh.name = name;
             fresh.sha256 = module.sha256();
             fresh.module_path = module_path;
             fresh.base = base;
@@ -748,16 +864,18 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
             fresh.text_size = layout.text_size;
             fresh.rodata_size = layout.rodata_size;
             fresh.data_size = layout.data_size;
+            fresh.replace = replace;
+            fresh.replaces = replaces;
             fresh.applied_at = utc_now_iso8601();
             s.state.patches.push_back(fresh);
             patch = &s.state.patches.back();
             s.save(*patch);
             try {
-                ModuleImage image = link_module(module, base, tsize * functions.size(), link_facts(*s.kernel));
+                ModuleImage image = link_module(module, base, tsize * slots, link_facts(*s.kernel));
                 report.loader_actions = image.actions;
                 // klp_func.old_func, as klp_init_func() sets it: patch code
                 // may call the old function through it (example 3 does).
-                const auto& func_layout = s.kernel->layouts().livepatch->func;
+                const auto& func_layout = L.func;
                 for (std::size_t i = 0; i < functions.size(); ++i) {
                     auto section = image.layout.section_offset.find(wanted[i].func_section);
                     if (section == image.layout.section_offset.end())
@@ -768,20 +886,21 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                     std::memcpy(image.bytes.data() + at, &functions[i].entry, 8);
                 }
                 for (const auto& w : image.warnings) s.say("warning: " + w);
+                for (auto& f : functions) {
+                    f.new_address = image.symbol_address(f.new_symbol);
+                    for (const auto& [symbol, begin, end] : image.functions)
+                        if (begin == f.new_address) f.new_size = end - begin;
+                    f.to_new = to_vector(shim::jmp_rel32(f.site, f.new_address));
+                }
+                functions.insert(functions.end(), nops.begin(), nops.end());
+                // The trampoline slots stay int3 padding here: every
+                // transition writes its trampolines (TransitionEngine::redirect).
                 for (std::size_t i = 0; i < functions.size(); ++i) {
                     RedirectedFunction& f = functions[i];
-                    f.new_address = image.symbol_address(f.new_symbol);
-                    for (const auto& [name, begin, end] : image.functions)
-                        if (begin == f.new_address) f.new_size = end - begin;
-                    std::uint64_t offset = layout.extra_text_offset + i * tsize;
-                    f.trampoline = base + offset;
-                    auto blob = shim::build_trampoline({f.trampoline, klp.current_task_offset(), klp.patch_state_offset(),
-                                                        f.site + 5, f.new_address});
-                    std::copy(blob.begin(), blob.end(), image.bytes.begin() + static_cast<std::ptrdiff_t>(offset));
-                    auto to_trampoline = shim::jmp_rel32(f.site, f.trampoline);
-                    auto to_new = shim::jmp_rel32(f.site, f.new_address);
-                    f.to_trampoline = to_vector(to_trampoline);
-                    f.to_new = to_vector(to_new);
+                    f.trampoline = base + layout.extra_text_offset + i * tsize;
+                    f.to_trampoline = to_vector(shim::jmp_rel32(f.site, f.trampoline));
+                    std::fill_n(image.bytes.begin() + static_cast<std::ptrdiff_t>(layout.extra_text_offset + i * tsize),
+                                tsize, std::byte{0xcc});
                 }
                 s.freeze();
                 write_kernel_memory(*s.kernel, base, image.bytes);
@@ -795,45 +914,49 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                                         static_cast<int>(layout.rodata_size / kPage));
                 s.after_call();
                 patch->functions = functions;
-                report.functions = functions;
                 patch->orc_ip_table = image.orc_unwind_ip;
                 patch->orc_table = image.orc_unwind;
                 patch->orc_entries = image.orc_entries;
-                for (const auto& [name, begin, end] : image.functions) patch->code.push_back({name, begin, end});
+                for (const auto& [symbol, begin, end] : image.functions) patch->code.push_back({symbol, begin, end});
                 s.save(*patch);
 
-                // The first freeze of the transition: the entries must still
-                // be what check saw (the guest ran during the calls).
+                // The first freeze of the transition: the guest ran during
+                // the calls; nothing may have started meanwhile.
                 s.freeze();
                 if (klp.guest_transition_in_progress() || klp.target_state() != kKlpUndefined)
                     throw Error(ErrorKind::Guest, "a livepatch transition started in the guest meanwhile");
-                verify_sites(s, *patch, &RedirectedFunction::original, "the ftrace NOP");
+                patch->phase = PatchPhase::Patching;
+                TransitionPlan plan = plan_patching(s.state, name);
+                TransitionEngine first{s};
+                first.check_sites(plan);
+                s.save(*patch);
+                s.stage("transition");
+                first.redirect(plan);
             } catch (...) {
                 IgnoreInterrupts ignore;
                 s.say("undoing the load");
+                patch = s.state.find(name);
+                if (patch->phase == PatchPhase::Patching) patch->phase = PatchPhase::Loading;
                 free_patch(s, *patch);
                 throw;
             }
-            patch->phase = PatchPhase::Patching;
-            s.save(*patch);
-            s.stage("transition");
-            write_sites(s, *patch, &RedirectedFunction::to_trampoline);
         } else {
-            s.stage("transition");  // resumed: an earlier run left the entries on the trampolines
+            s.stage("transition");  // resumed: an earlier run left the patch mid-transition
         }
         report.base = patch->base;
         report.size = patch->size;
         report.functions = patch->functions;
 
-        TransitionDriver driver{s, 0, {}};
-        TransitionPass pass =
-            driver.run(kKlpPatched, old_functions(*patch), Clock::now() + options_.timeout, "patching");
+        TransitionEngine engine{s};
+        TransitionPlan plan = plan_patching(s.state, name);
+        engine.redirect(plan);  // resumed: whatever the interrupted run had not written yet
+        TransitionPass pass = engine.converge(plan, Clock::now() + options_.timeout);
         report.outcome = "applied";
         if (!pass.complete()) {
             if (options_.force_switch) {
                 s.say("--force: switching " + std::to_string(pass.remaining) + " blocked task(s): " +
                       describe_blockers(pass.blockers));
-                pass = run_transition_pass(*s.kernel, s.klp(), kKlpPatched, old_functions(*patch), PassMode::Force, foreign_code_of(s.state));
+                pass = engine.force(plan);
                 report.forced = pass.blockers;
                 report.outcome = "forced";
             } else {
@@ -843,15 +966,16 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                 s.say(why + "; rolling back");
                 patch->phase = PatchPhase::Unpatching;
                 s.save(*patch);
-                TransitionPass back =
-                    driver.run(kKlpUnpatched, new_functions(*patch), Clock::now() + options_.timeout, "unpatching");
-                if (!back.complete())
+                TransitionPlan back = plan_unpatching(s.state, name);
+                engine.redirect(back);
+                TransitionPass undone = engine.converge(back, Clock::now() + options_.timeout);
+                if (!undone.complete())
                     throw Error(ErrorKind::Timeout, why + "; the rollback did not complete either (" +
-                                                        describe_blockers(back.blockers) +
-                                                        "); state kept: run hvpatch revert " + patch->name);
-                finish_unpatch(s, *patch, Clock::now() + options_.timeout);
+                                                        describe_blockers(undone.blockers) +
+                                                        "); state kept: run hvpatch revert " + name);
+                finish_unpatch(s, engine, back, *patch, Clock::now() + options_.timeout);
                 report.outcome = "rolled-back";
-                report.passes = driver.passes;
+                report.passes = engine.passes;
                 record["functions"] = functions_json(report.functions);
                 record["outcome"] = "rolled-back";
                 record["error"] = why;
@@ -860,12 +984,14 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                 throw Error(ErrorKind::Timeout, why + "; rolled back, the guest is as before");
             }
         }
-        finish_patch(s, *patch);
+        json replaced = finish_patch(s, engine, plan, *patch, Clock::now() + options_.timeout);
+        if (!replaced.empty()) record["replaced"] = replaced;
         s.thaw();
-        report.functions = patch->functions;
-        report.passes = driver.passes;
-        report.first_blockers = driver.first_blockers;
-        report.transition_time = driver.time;
+        report.functions = s.state.find(name)->functions;
+        report.replaced = plan.replaced;
+        report.passes = engine.passes;
+        report.first_blockers = engine.first_blockers;
+        report.transition_time = engine.time;
     } catch (const Error& e) {
         audit_failure(s, record, touched ? "failed" : "refused", e, report.functions);
         throw;
@@ -901,34 +1027,32 @@ OperationReport Patcher::revert(const std::string& name) {
         report.base = patch->base;
         report.size = patch->size;
         report.functions = patch->functions;
-        TransitionDriver driver{s, 0, {}};
+        TransitionEngine engine{s};
         if (patch->phase == PatchPhase::Loading || patch->phase == PatchPhase::Freeing) {
             s.stage("freeing");
             free_patch(s, *patch);
         } else {
+            if (std::string why = unfinished_transition(s.state, name); !why.empty()) throw Error(ErrorKind::Guest, why);
             if (patch->phase == PatchPhase::Applied) {
                 s.freeze();
                 GuestLivepatch& klp = s.klp();
                 if (klp.guest_transition_in_progress() || klp.target_state() != kKlpUndefined)
                     throw Error(ErrorKind::Guest, "a livepatch transition is in progress in the guest; try again later");
-                verify_sites(s, *patch, &RedirectedFunction::to_new, "the jump to the new function");
-                patch->phase = PatchPhase::Unpatching;
-                s.save(*patch);
-                s.stage("transition");
-                write_sites(s, *patch, &RedirectedFunction::to_trampoline);
-            } else if (patch->phase == PatchPhase::Patching) {
-                s.stage("transition");
-                patch->phase = PatchPhase::Unpatching;
-                s.save(*patch);
             }
-            TransitionPass pass =
-                driver.run(kKlpUnpatched, new_functions(*patch), Clock::now() + options_.timeout, "unpatching");
+            // Applied, or an interrupted apply or revert (patching / unpatching): back out.
+            patch->phase = PatchPhase::Unpatching;
+            TransitionPlan plan = plan_unpatching(s.state, name);
+            engine.check_sites(plan);
+            s.save(*patch);
+            s.stage("transition");
+            engine.redirect(plan);
+            TransitionPass pass = engine.converge(plan, Clock::now() + options_.timeout);
             report.outcome = "reverted";
             if (!pass.complete()) {
                 if (options_.force_switch) {
                     s.say("--force: switching " + std::to_string(pass.remaining) + " blocked task(s): " +
                           describe_blockers(pass.blockers));
-                    pass = run_transition_pass(*s.kernel, s.klp(), kKlpUnpatched, new_functions(*patch), PassMode::Force, foreign_code_of(s.state));
+                    pass = engine.force(plan);
                     report.forced = pass.blockers;
                     report.outcome = "forced";
                 } else {
@@ -938,12 +1062,14 @@ OperationReport Patcher::revert(const std::string& name) {
                     s.say(why + "; re-applying");
                     patch->phase = PatchPhase::Patching;
                     s.save(*patch);
-                    TransitionPass again =
-                        driver.run(kKlpPatched, old_functions(*patch), Clock::now() + options_.timeout, "patching");
-                    if (!again.complete())
+                    TransitionPlan again = plan_patching(s.state, name);
+                    engine.redirect(again);
+                    TransitionPass redone = engine.converge(again, Clock::now() + options_.timeout);
+                    if (!redone.complete())
                         throw Error(ErrorKind::Timeout, why + "; re-applying did not complete either; state kept: "
                                                               "run hvpatch revert " + name + " again");
-                    finish_patch(s, *patch);
+                    json replaced = finish_patch(s, engine, again, *patch, Clock::now() + options_.timeout);
+                    if (!replaced.empty()) record["replaced"] = replaced;
                     record["functions"] = functions_json(report.functions);
                     record["outcome"] = "revert-rolled-back";
                     record["error"] = why;
@@ -952,13 +1078,13 @@ OperationReport Patcher::revert(const std::string& name) {
                     throw Error(ErrorKind::Timeout, why + "; the patch stays applied");
                 }
             }
-            finish_unpatch(s, *patch, Clock::now() + options_.timeout);
+            finish_unpatch(s, engine, plan, *patch, Clock::now() + options_.timeout);
         }
         s.thaw();
         if (report.outcome.empty()) report.outcome = "reverted";
-        report.passes = driver.passes;
-        report.first_blockers = driver.first_blockers;
-        report.transition_time = driver.time;
+        report.passes = engine.passes;
+        report.first_blockers = engine.first_blockers;
+        report.transition_time = engine.time;
     } catch (const Error& e) {
         audit_failure(s, record, "failed", e, report.functions);
         throw;
@@ -1008,17 +1134,35 @@ CheckReport Patcher::check(const std::string& module_path) {
             report.refusals.push_back("guest BTF lacks the livepatch structures");
         } else {
             note([&] {
-                if (std::string why = replace_refusal(*s.kernel, s.state, module); !why.empty())
-                    report.refusals.push_back(why);
+                if (std::string why = replace_refusal(*s.kernel, module); !why.empty()) report.refusals.push_back(why);
             });
+            if (std::string why = unfinished_transition(s.state, module.name()); !why.empty())
+                report.refusals.push_back(why);
+            // What tasks leave when they switch: the code that runs now.
+            auto leaving = [&](const RedirectedFunction& f) {
+                auto stack = function_stack(s.state, f.site);
+                return stack.empty() ? CheckedFunction{f.name, f.entry, f.entry + std::max<std::uint64_t>(f.size, 1)}
+                                     : running_code(*stack.back().function);
+            };
             note([&] {
-                for (const auto& pf : module.patched_functions(*s.kernel->layouts().livepatch)) {
-                    FunctionPlan plan = plan_function(*s.kernel, pf);
+                const auto& L = *s.kernel->layouts().livepatch;
+                std::vector<RedirectedFunction> planned;
+                for (const auto& pf : module.patched_functions(L)) {
+                    FunctionPlan plan = plan_function(*s.kernel, pf, s.state);
                     if (!plan.refusal.empty()) report.refusals.push_back(plan.refusal);
-                    if (plan.function.entry)
-                        checked.push_back({plan.function.name, plan.function.entry,
-                                           plan.function.entry + plan.function.size});
+                    if (plan.function.entry) {
+                        checked.push_back(leaving(plan.function));
+                        planned.push_back(plan.function);
+                    }
                     report.functions.push_back(std::move(plan));
+                }
+                report.replace = module.replaces(L);
+                if (report.replace) {
+                    report.replaces = replaced_by(s.state, module.name());
+                    for (const auto& nop : replace_nops(s.state, module.name(), planned)) {
+                        checked.push_back(leaving(nop));
+                        report.restores.push_back(nop.name);
+                    }
                 }
             });
         }
@@ -1067,26 +1211,31 @@ StatusReport Patcher::status() {
         ps.patch = patch;
         for (const auto& f : patch.functions) {
             FunctionStatus fs{f, ""};
+            auto stack = function_stack(s.state, f.site);
+            const AppliedPatch* top = stack.empty() ? nullptr : stack.back().patch;
+            const bool beneath = is_live(patch) && top && top != &patch;
             try {
                 auto now = s.read_guest(f.site, 5);
-                if (now == f.original) fs.entry_now = "original";
+                if (beneath && now == expected_site_bytes(s.state, f.site)) fs.entry_now = "beneath " + top->name;
+                else if (now == f.original) fs.entry_now = "original";
                 else if (now == f.to_trampoline) fs.entry_now = "trampoline";
-                else if (now == f.to_new) fs.entry_now = "direct";
+                else if (now == rest_bytes(f)) fs.entry_now = "direct";
                 else fs.entry_now = "unknown: " + bytes_to_hex(now);
             } catch (const Error& e) {
                 fs.entry_now = std::string("unreadable: ") + e.what();
             }
-            const char* expected = patch.phase == PatchPhase::Applied ? "direct"
+            std::string expected = patch.phase == PatchPhase::Applied ? (f.nop ? "original" : "direct")
                                    : (patch.phase == PatchPhase::Patching || patch.phase == PatchPhase::Unpatching)
                                        ? "trampoline"
                                        : "original";
+            if (beneath) expected = "beneath " + top->name;
             // A crash between the state write and the code write leaves the
             // previous bytes: say so rather than call it broken.
             if (fs.entry_now != expected) {
                 ps.consistent = false;
-                ps.note = "entry bytes do not match phase " + std::string(to_string(patch.phase)) +
-                          " (hvpatch stopped between writing the code and recording it); apply --resume and revert "
-                          "refuse such an entry for now: the bytes must be put back by hand";
+                ps.note = "entry of " + f.name + " does not match phase " + std::string(to_string(patch.phase)) +
+                          " (hvpatch stopped between recording a step and writing it): apply --resume or revert "
+                          "finishes the step";
             }
             ps.functions.push_back(fs);
         }
@@ -1119,7 +1268,8 @@ nlohmann::json CheckReport::to_json() const {
     return {{"patch", patch_name},     {"sha256", sha256},       {"vermagic", vermagic},
             {"guest_release", guest_release}, {"functions", functions}, {"special_sections", special_sections},
             {"refusals", refusals},    {"ok", refusals.empty()}, {"tasks", tasks},
-            {"blockers", blockers_json(blockers)}, {"guest_transition", guest_transition}};
+            {"blockers", blockers_json(blockers)}, {"guest_transition", guest_transition},
+            {"replace", replace}, {"replaces", replaces}, {"restores", restores}};
 }
 
 nlohmann::json OperationReport::to_json() const {
@@ -1140,7 +1290,8 @@ nlohmann::json OperationReport::to_json() const {
             {"total_ms", ms(total_time)},
             {"forced", blockers_json(forced)},
             {"blocked_at_first_pass", blockers_json(first_blockers)},
-            {"loader_actions", loader_actions}};
+            {"loader_actions", loader_actions},
+            {"replaced", replaced}};
 }
 
 nlohmann::json StatusReport::to_json() const {

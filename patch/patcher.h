@@ -81,6 +81,10 @@ struct CheckReport {
     std::vector<std::string> special_sections;  // "name: handling"
     std::vector<std::string> refusals;          // everything that would make apply refuse
     std::vector<TransitionBlocker> blockers;    // tasks that would block right now
+    // klp_patch.replace: the hvpatch patches it would take over, and the
+    // functions they redirect that would go back to the original code.
+    bool replace = false;
+    std::vector<std::string> replaces, restores;
     std::size_t tasks = 0;
     bool guest_transition = false;
     nlohmann::json to_json() const;
@@ -101,6 +105,7 @@ struct OperationReport {
     std::vector<TransitionBlocker> first_blockers;  // who blocked at the first pass
     std::uint64_t base = 0, size = 0;
     std::vector<std::string> loader_actions;
+    std::vector<std::string> replaced;  // apply of a replacing patch: the patches it took over
     nlohmann::json to_json() const;
 };
 

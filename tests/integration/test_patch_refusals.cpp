@@ -548,24 +548,16 @@ TEST_F(PatchRefusalsTest, CallbacksAndStatesAreRefused) {
 
 // klp_patch.replace: applied where there is nothing to replace; refused,
 // naming what it would replace, where hvpatch patches are applied.
-TEST_F(PatchRefusalsTest, ReplaceOnlyWhereNothingIsReplaced) {
+// A cumulative patch with nothing to replace applies like any patch
+// (replacing others: test_patch_streams.cpp).
+TEST_F(PatchRefusalsTest, ReplaceWithNothingToReplaceAppliesAsUsual) {
     ASSERT_EQ(test_modules_build_.exit_code, 0) << "building tests/integration/patches: " << test_modules_build_.describe();
     const std::string ko = build_dir_ + "/livepatch-fields/livepatch_replace.ko";
     const std::string version = guest_->run_ok("cat /proc/version");
-    CommandResult first = apply(cmdline_ko_);
-    ASSERT_EQ(first.exit_code, 0) << first.describe();
-    Refusal refusal(ko, kExitGuest, {"klp_patch.replace is set", "(livepatch_cmdline)", "not implemented yet"});
-    refusal.check_causes = {"atomic replace of the hvpatch patches on this VM (livepatch_cmdline)"};
-    refusal.applied = {"livepatch_cmdline"};
-    refusal.functions = {"version_proc_show"};
-    expect_refused(refusal);
-    CommandResult r = revert("livepatch_cmdline");
-    ASSERT_EQ(r.exit_code, 0) << r.describe();
-    // Nothing left to replace: it applies like any patch.
     CommandResult a = apply(ko);
     ASSERT_EQ(a.exit_code, 0) << a.describe();
     EXPECT_EQ(guest_->run_ok("cat /proc/version"), "livepatch_replace\n");
-    r = revert("livepatch_replace");
+    CommandResult r = revert("livepatch_replace");
     ASSERT_EQ(r.exit_code, 0) << r.describe();
     EXPECT_EQ(guest_->run_ok("cat /proc/version"), version);
     EXPECT_TRUE(recorded_patches().empty());

@@ -35,6 +35,35 @@ TEST(AppliedState, RoundTripsThroughJson) {
     EXPECT_EQ(back.patches[0].code[0].name, "livepatch_cmdline_proc_show");
 }
 
+TEST(AppliedState, ReplaceAndNopsRoundTripAndOlderRecordsReadWithout) {
+    VmState state = sample_state();
+    state.patches[0].replace = true;
+    state.patches[0].replaces = {"stream_v1", "stream_v2"};
+    state.patches[0].functions[0].nop = true;
+    VmState back = vm_state_from_json(to_json(state));
+    EXPECT_TRUE(back.patches[0].replace);
+    EXPECT_EQ(back.patches[0].replaces, (std::vector<std::string>{"stream_v1", "stream_v2"}));
+    EXPECT_TRUE(back.patches[0].functions[0].nop);
+    // A record written before stacked and cumulative patches has none of the three.
+    auto old = to_json(sample_state());
+    old["patches"][0].erase("replace");
+    old["patches"][0].erase("replaces");
+    old["patches"][0]["functions"][0].erase("nop");
+    VmState read = vm_state_from_json(old);
+    EXPECT_FALSE(read.patches[0].replace);
+    EXPECT_TRUE(read.patches[0].replaces.empty());
+    EXPECT_FALSE(read.patches[0].functions[0].nop);
+}
+
+TEST(AppliedState, OnlyPatchingAppliedAndUnpatchingAreLive) {
+    AppliedPatch p;
+    for (PatchPhase phase : {PatchPhase::Loading, PatchPhase::Patching, PatchPhase::Applied, PatchPhase::Unpatching,
+                             PatchPhase::Freeing}) {
+        p.phase = phase;
+        EXPECT_EQ(is_live(p), phase != PatchPhase::Loading && phase != PatchPhase::Freeing) << to_string(phase);
+    }
+}
+
 TEST(AppliedState, EveryPhaseHasAName) {
     for (PatchPhase p : {PatchPhase::Loading, PatchPhase::Patching, PatchPhase::Applied, PatchPhase::Unpatching,
                          PatchPhase::Freeing})
