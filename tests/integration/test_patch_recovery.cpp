@@ -209,47 +209,23 @@ protected:
         return std::any_of(lines.begin(), lines.end(), [&](const std::string& l) { return l.rfind(base + "-", 0) == 0; });
     }
 
-    enum class Sleeper { Original, Patched, Unknown };
-    static std::string name(Sleeper s) {
-        return s == Sleeper::Original ? "original" : s == Sleeper::Patched ? "hvpatch-patched" : "unknown";
-    }
-    // Which do_nanosleep a task asleep in nanosleep runs (see the header).
-    // The original, itself in .sched.text, leaves hrtimer_nanosleep on top;
-    // after a restart (a sleeper woken by a transition, as klp_send_signals
-    // does, restarts its syscall), hrtimer_nanosleep_restart is .sched.text
-    // too and do_syscall_64 is on top.
-    static Sleeper classify_sleeper(const std::string& stack) {
-        if (stack.find_first_not_of(" \n") == std::string::npos) return Sleeper::Patched;
-        if (stack.find("hrtimer_nanosleep+") != std::string::npos || stack.rfind("[<0>] do_syscall_64+", 0) == 0)
-            return Sleeper::Original;
-        return Sleeper::Unknown;
-    }
     // The guest's three `sleep 1000000` workloads.
-    static std::vector<Sleeper> workload_sleepers(std::string* stacks) {
-        std::vector<Sleeper> found;
+    static std::vector<HvpatchSleeper> workload_sleepers(std::string* stacks) {
+        std::vector<HvpatchSleeper> found;
         for (int pid : sleep_workload_pids(*guest_)) {
             std::string stack = guest_task_stack(*guest_, pid);
             *stacks += "pid " + std::to_string(pid) + ":\n" + stack;
-            found.push_back(classify_sleeper(stack));
+            found.push_back(classify_hvpatch_sleeper(stack));
         }
         return found;
     }
-    // A new `sleep`, once it sleeps in clock_nanosleep (syscall 230):
-    // which do_nanosleep a task that starts sleeping now gets.
-    static Sleeper fresh_sleeper(std::string* stack) {
-        *stack = guest_->run_ok(
-            "sleep 1000 & p=$!; i=0; while [ $i -lt 200 ]; do read -r n rest < /proc/$p/syscall; "
-            "s=$(grep State: /proc/$p/status); case \"$n $s\" in '230 '*sleeping*) break ;; esac; "
-            "usleep 20000; i=$((i + 1)); done; usleep 50000; cat /proc/$p/stack; kill $p");
-        return classify_sleeper(*stack);
-    }
-    static void expect_sleepers(Sleeper expected) {
+    static void expect_sleepers(HvpatchSleeper expected) {
         std::string stacks;
         auto sleepers = workload_sleepers(&stacks);
         EXPECT_EQ(sleepers.size(), 3u) << stacks;
-        for (Sleeper s : sleepers) EXPECT_EQ(name(s), name(expected)) << "workload sleepers:\n" << stacks;
-        std::string stack;
-        EXPECT_EQ(name(fresh_sleeper(&stack)), name(expected)) << "a new sleep's stack:\n" << stack;
+        for (HvpatchSleeper s : sleepers) EXPECT_EQ(to_string(s), to_string(expected)) << "workload sleepers:\n" << stacks;
+        std::string stack = fresh_sleeper_stack(*guest_);
+        EXPECT_EQ(to_string(classify_hvpatch_sleeper(stack)), to_string(expected)) << "a new sleep's stack:\n" << stack;
     }
 
     static std::string observer_socket() { return work_dir_ + "/observer.sock"; }
@@ -404,14 +380,14 @@ TEST_F(PatchRecoveryTest, KillNineMidTransitionThenResumeThenRevert) {
     }
     EXPECT_TRUE(guest_running()) << "the resume left the guest paused";
     EXPECT_TRUE(allocation_at(module_area_allocations(), base)) << "no vmalloc area at " << base;
-    expect_sleepers(Sleeper::Patched);
+    expect_sleepers(HvpatchSleeper::Patched);
 
     CommandResult reverted = hvpatch({"revert", guest_->target(), kSleeper, "--signal-after", "1"}, 120s);
     expect_ok(reverted, "revert");
     expect_clean_status(status());
     EXPECT_EQ(guest_code("do_nanosleep"), original) << "do_nanosleep's first 64 bytes differ after the revert";
     EXPECT_EQ(module_area_allocations(), allocations_before);
-    expect_sleepers(Sleeper::Original);
+    expect_sleepers(HvpatchSleeper::Original);
 }
 
 TEST_F(PatchRecoveryTest, KillNineMidTransitionThenRevertRightAway) {
@@ -438,7 +414,7 @@ TEST_F(PatchRecoveryTest, KillNineMidTransitionThenRevertRightAway) {
     auto allocations_after = module_area_allocations();
     EXPECT_FALSE(allocation_at(allocations_after, base)) << "the patch memory at " << base << " leaked";
     EXPECT_EQ(allocations_after, allocations_before);
-    expect_sleepers(Sleeper::Original);
+    expect_sleepers(HvpatchSleeper::Original);
 }
 
 TEST_F(PatchRecoveryTest, SecondOperationWhileOneRunsIsRefusedAtOnceNamingTheHolder) {
@@ -498,12 +474,12 @@ TEST_F(PatchRecoveryTest, InterruptMidTransitionLeavesTheSameTruthfulStateAndRes
     ASSERT_FALSE(p.is_null()) << st.dump(2);
     EXPECT_EQ(p["phase"], "applied");
     EXPECT_EQ(p["functions"][0]["entry_now"], "direct");
-    expect_sleepers(Sleeper::Patched);
+    expect_sleepers(HvpatchSleeper::Patched);
 
     expect_ok(hvpatch({"revert", guest_->target(), kSleeper, "--signal-after", "1"}, 120s), "revert");
     expect_clean_status(status());
     EXPECT_EQ(guest_code("do_nanosleep"), original);
-    expect_sleepers(Sleeper::Original);
+    expect_sleepers(HvpatchSleeper::Original);
 }
 
 // Last: it replaces the suite's guest by a new boot of the same VM.

@@ -17,9 +17,13 @@
 //     v2 (no cmdline function) puts /proc/cmdline back to the original
 //     (the core's nop); replaced patches are gone (status, state, audit
 //     "replaced" with "freed"); reverting v3 restores the original kernel;
-//   - `check` of a replacing patch names what it takes over and restores.
+//   - `check` of a replacing patch names what it takes over and restores;
+//   - kill -9 of hvpatch in the middle of a replace: status tells the truth,
+//     `apply --resume` finishes the replace, or `revert` of the replacing
+//     patch puts back the patch it was replacing.
 // No kernel problem may show on the guest console.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <stdlib.h>
 
 #include <algorithm>
@@ -101,7 +105,7 @@ protected:
         for (int round = 0; round < 4; ++round) {
             auto names = status_patches();
             if (names.empty()) break;
-            for (auto it = names.rbegin(); it != names.rend(); ++it) hvpatch({"revert", guest_->target(), *it});
+            for (auto it = names.rbegin(); it != names.rend(); ++it) hvpatch({"revert", guest_->target(), *it, "--signal-after", "1"});
         }
         std::error_code ignored;
         if (!dir_.empty()) fs::remove_all(dir_, ignored);
@@ -144,6 +148,8 @@ protected:
                     if (f.at("name") == function) return f.at("entry_now");
         return "";
     }
+    // Leaves stream_v2 killed mid-replace over example 2 (see below).
+    void kill_replace_mid_transition();
     std::string version() { return guest_->run_ok("cat /proc/version"); }
     std::string cmdline() { return guest_->run_ok("cat /proc/cmdline"); }
     void expect_original_kernel() {
@@ -155,7 +161,7 @@ protected:
     static TestGuest* guest_;
     static std::string release_, build_dir_, original_version_, original_cmdline_;
     static CommandResult modules_build_;
-    std::string dir_, state_dir_, audit_log_;
+    std::string dir_, state_dir_, audit_log_, sleeper_ko_;
 };
 
 TestGuest* PatchStreamsTest::guest_ = nullptr;
@@ -260,6 +266,70 @@ TEST_F(PatchStreamsTest, ReplaceOverStackedPatchesThenStackOnTheReplace) {
     revert_ok("stream_v2");
     EXPECT_EQ(version(), "stack_b\n");
     revert_ok("stack_b");
+    expect_original_kernel();
+}
+
+// A replace that cannot finish on its own: v1 is example 2 (do_nanosleep),
+// applied with the sleep workloads woken into its copy; stream_v2 does not
+// patch do_nanosleep, so its nop sends the sleepers back to the original,
+// and they block it (not woken: --signal-after 600) in v1's copy. Killed
+// with SIGKILL mid-transition, then `finish` (apply --resume or revert).
+void PatchStreamsTest::kill_replace_mid_transition() {
+    sleeper_ko_ = example_patch_ko(Example::Sleeper, guest_->release());
+    CommandResult v1 = hvpatch({"apply", guest_->target(), sleeper_ko_, "--signal-after", "1", "--json"});
+    ASSERT_EQ(v1.exit_code, 0) << v1.describe();
+    std::string stack = fresh_sleeper_stack(*guest_);
+    ASSERT_EQ(to_string(classify_hvpatch_sleeper(stack)), "hvpatch-patched") << stack;
+    CommandOptions options;
+    options.timeout = 300s;
+    std::vector<std::string> argv = {hvpatch_binary(), "--state-dir", state_dir_, "--audit-log", audit_log_,
+                                     "apply", guest_->target(), ko("stream_v2"), "--signal-after", "600",
+                                     "--timeout", "600"};
+    RunningCommand replace(argv, options);
+    bool passes = replace.wait_for_output("patching: pass 2,", 60s, /*in_stderr=*/true);
+    ASSERT_TRUE(passes) << "the replace never reached its second pass; stderr:\n" << replace.err();
+    ASSERT_EQ(::kill(replace.pid(), SIGKILL), 0);
+    CommandResult killed = replace.wait();
+    ASSERT_EQ(killed.term_signal, SIGKILL) << killed.describe();
+    // What the kill left: the replace mid-transition, the sleeper still applied.
+    json st = status();
+    ASSERT_EQ(st.value("patches", json::array()).size(), 2u) << st.dump();
+    EXPECT_EQ(st["patches"][0].value("name", ""), "livepatch_sleeper");
+    EXPECT_EQ(st["patches"][0].value("phase", ""), "applied");
+    EXPECT_EQ(st["patches"][1].value("name", ""), "stream_v2");
+    EXPECT_EQ(st["patches"][1].value("phase", ""), "patching");
+    EXPECT_TRUE(st["patches"][1].value("consistent", false)) << st.dump();
+    EXPECT_GE(st["tasks"].value("pending", 0), 1) << "the sleepers block the replace";
+}
+
+TEST_F(PatchStreamsTest, KillNineMidReplaceThenResume) {
+    kill_replace_mid_transition();
+    if (HasFatalFailure()) return;
+    // --signal-after 1: the sleepers are woken, restart in the original.
+    CommandResult resumed = hvpatch({"apply", guest_->target(), ko("stream_v2"), "--resume", "--signal-after", "1",
+                                     "--json"});
+    ASSERT_EQ(resumed.exit_code, 0) << resumed.describe();
+    json report = json::parse(resumed.out, nullptr, false);
+    EXPECT_EQ(report.value("replaced", json::array()), json::array({"livepatch_sleeper"})) << resumed.out;
+    EXPECT_EQ(status_patches(), std::vector<std::string>{"stream_v2"});
+    EXPECT_EQ(version(), "stream_v2\n");
+    std::string stack = fresh_sleeper_stack(*guest_);
+    EXPECT_EQ(to_string(classify_hvpatch_sleeper(stack)), "original") << stack;
+    revert_ok("stream_v2");
+    expect_original_kernel();
+}
+
+TEST_F(PatchStreamsTest, KillNineMidReplaceThenRevertKeepsWhatItWasReplacing) {
+    kill_replace_mid_transition();
+    if (HasFatalFailure()) return;
+    CommandResult reverted = hvpatch({"revert", guest_->target(), "stream_v2", "--signal-after", "1", "--json"});
+    ASSERT_EQ(reverted.exit_code, 0) << reverted.describe();
+    EXPECT_EQ(status_patches(), std::vector<std::string>{"livepatch_sleeper"});
+    EXPECT_EQ(version(), original_version_);
+    std::string stack = fresh_sleeper_stack(*guest_);
+    EXPECT_EQ(to_string(classify_hvpatch_sleeper(stack)), "hvpatch-patched") << "v1 runs again:\n" << stack;
+    CommandResult v1 = hvpatch({"revert", guest_->target(), "livepatch_sleeper", "--signal-after", "1", "--json"});
+    ASSERT_EQ(v1.exit_code, 0) << v1.describe();
     expect_original_kernel();
 }
 

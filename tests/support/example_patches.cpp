@@ -281,6 +281,26 @@ SleeperVersion fresh_sleeper_version(GuestShell& guest, std::string* stack) {
     return sleeper_version(out);
 }
 
+HvpatchSleeper classify_hvpatch_sleeper(std::string_view stack) {
+    if (stack.find_first_not_of(" \n") == std::string_view::npos) return HvpatchSleeper::Patched;
+    if (stack.find("hrtimer_nanosleep+") != std::string_view::npos || stack.starts_with("[<0>] do_syscall_64+"))
+        return HvpatchSleeper::Original;
+    return HvpatchSleeper::Unknown;
+}
+
+std::string to_string(HvpatchSleeper sleeper) {
+    return sleeper == HvpatchSleeper::Original  ? "original"
+           : sleeper == HvpatchSleeper::Patched ? "hvpatch-patched"
+                                                : "unknown";
+}
+
+std::string fresh_sleeper_stack(GuestShell& guest) {
+    return guest.run_ok(
+        "sleep 1000 & p=$!; i=0; while [ $i -lt 200 ]; do read -r n rest < /proc/$p/syscall; "
+        "s=$(grep State: /proc/$p/status); case \"$n $s\" in '230 '*sleeping*) break ;; esac; "
+        "usleep 20000; i=$((i + 1)); done; usleep 50000; cat /proc/$p/stack; kill $p");
+}
+
 bool statm_is_patched(std::string_view line) {
     while (!line.empty() && line.back() == '\n') line.remove_suffix(1);
     return line.ends_with(kStatmPatchedSuffix);

@@ -124,6 +124,18 @@ std::string guest_task_stack(GuestShell& guest, int pid);
 // it: the version a task that starts sleeping now gets. (Only outside a
 // transition: the new sleeper would hold up the transition itself.)
 SleeperVersion fresh_sleeper_version(GuestShell& guest, std::string* stack = nullptr);
+// Under hvpatch, which registers no module in the guest, the guest's own
+// unwinder stops at the patched copy: a task asleep in it has an EMPTY
+// /proc/PID/stack. The original, itself in .sched.text, leaves
+// hrtimer_nanosleep on top; after a restart (a sleeper woken by a
+// transition, as klp_send_signals does, restarts its syscall),
+// hrtimer_nanosleep_restart is .sched.text too and do_syscall_64 is on top.
+enum class HvpatchSleeper { Original, Patched, Unknown };
+HvpatchSleeper classify_hvpatch_sleeper(std::string_view stack);
+std::string to_string(HvpatchSleeper sleeper);
+// /proc/PID/stack of a new `sleep` once it sleeps in clock_nanosleep
+// (syscall 230); the sleep is killed afterwards.
+std::string fresh_sleeper_stack(GuestShell& guest);
 
 // --- Example 4: livepatch-alternatives -------------------------------------
 // version_proc_show from code with alternatives, paravirt calls and WARNs.
