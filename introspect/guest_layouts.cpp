@@ -150,6 +150,11 @@ void visit(G& g, V& v) {
         v.field({"nop"}, f.nop);
         v.field({"patched"}, f.patched);
         v.field({"transition"}, f.transition);
+        auto& st = lp.state;
+        v.begin("klp_state", st.size);
+        v.field({"id"}, st.id);
+        v.field({"version"}, st.version);
+        v.field({"data"}, st.data);
     });
 }
 

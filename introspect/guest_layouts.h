@@ -132,6 +132,10 @@ struct GuestLayouts {
             LayoutField old_name, new_func, old_sympos, old_func, kobj, node, stack_node, old_size, new_size, nop,
                 patched, transition;
         } func;
+        struct State {  // struct klp_state (5.5+): klp_patch.states[], ended by id 0
+            std::uint64_t size = 0;
+            LayoutField id, version, data;
+        } state;
     };
     std::optional<Livepatch> livepatch;
 

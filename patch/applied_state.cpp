@@ -128,6 +128,13 @@ json to_json(const VmState& state) {
     for (const auto& p : state.patches) {
         json functions = json::array();
         for (const auto& f : p.functions) functions.push_back(function_to_json(f));
+        json objects = json::array();
+        for (const auto& o : p.objects)
+            objects.push_back({{"name", o.name},
+                               {"address", o.address},
+                               {"callbacks", o.callbacks},
+                               {"loaded", o.loaded},
+                               {"post_unpatch_enabled", o.post_unpatch_enabled}});
         patches.push_back({{"name", p.name},
                            {"sha256", p.sha256},
                            {"module_path", p.module_path},
@@ -141,6 +148,7 @@ json to_json(const VmState& state) {
                            {"orc", {{"ip_table", p.orc_ip_table}, {"table", p.orc_table}, {"entries", p.orc_entries}}},
                            {"code", code_to_json(p.code)},
                            {"functions", functions},
+                           {"objects", objects},
                            {"replace", p.replace},
                            {"replaces", p.replaces},
                            {"applied_at", p.applied_at},
@@ -185,6 +193,15 @@ VmState vm_state_from_json(const json& j) {
             for (const auto& cj : pj.at("code"))
                 p.code.push_back({cj.at(0).get<std::string>(), cj.at(1).get<std::uint64_t>(), cj.at(2).get<std::uint64_t>()});
             for (const auto& fj : pj.at("functions")) p.functions.push_back(function_from_json(fj));
+            for (const auto& oj : pj.value("objects", json::array())) {
+                AppliedPatch::Object o;
+                o.name = oj.at("name").get<std::string>();
+                o.address = oj.at("address").get<std::uint64_t>();
+                o.callbacks = oj.at("callbacks").get<std::array<std::uint64_t, 4>>();
+                o.loaded = oj.at("loaded").get<bool>();
+                o.post_unpatch_enabled = oj.at("post_unpatch_enabled").get<bool>();
+                p.objects.push_back(std::move(o));
+            }
             p.replace = pj.value("replace", false);
             p.replaces = pj.value("replaces", std::vector<std::string>{});
             p.applied_at = pj.at("applied_at").get<std::string>();

@@ -9,6 +9,7 @@
 // more, and the record is recognised as stale.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -68,6 +69,16 @@ struct AppliedPatch {
     };
     std::vector<Function> code;
     std::vector<RedirectedFunction> functions;
+    // The klp_objects with callbacks, in array order (the core's order).
+    struct Object {
+        std::string name;          // "" = vmlinux
+        std::uint64_t address = 0;  // the klp_object in the patch memory (the callbacks' argument)
+        std::array<std::uint64_t, 4> callbacks{};  // pre_patch, post_patch, pre_unpatch, post_unpatch; 0 = none
+        bool loaded = true;  // its module was loaded at apply (else its callbacks never run)
+        // klp_callbacks.post_unpatch_enabled: pre_patch ran and returned 0.
+        bool post_unpatch_enabled = false;
+    };
+    std::vector<Object> objects;
     // klp_patch.replace: when its transition completes, every other patch
     // live on the VM is gone. `replaces` names them (recorded before the
     // transition starts, so that a resumed or reverted replace knows).

@@ -621,16 +621,15 @@ std::string LivepatchModule::klp_patch_location(const GuestLayouts::Livepatch& l
     return symbol_at(find_klp_patch(layouts));
 }
 
-std::string LivepatchModule::object_callbacks(Place object, const GuestLayouts::Livepatch& L) const {
+std::array<bool, 4> LivepatchModule::object_callbacks(Place object, const GuestLayouts::Livepatch& L) const {
     // struct klp_callbacks: pre_patch, post_patch, pre_unpatch, post_unpatch
     // (function pointers), then post_unpatch_enabled.
-    static constexpr const char* kNames[] = {"pre_patch", "post_patch", "pre_unpatch", "post_unpatch"};
-    std::string found;
+    std::array<bool, 4> found{};
     if (L.object.callbacks.size < 32) return found;
     for (std::size_t i = 0; i < 4; ++i) {
         Pointer p = read_pointer({object.section, object.offset + L.object.callbacks.offset + 8 * i},
-                                 std::string("klp_object.callbacks.") + kNames[i]);
-        if (!p.null) found += (found.empty() ? "" : ", ") + std::string(kNames[i]);
+                                 std::string("klp_object.callbacks.") + kKlpCallbackNames[i]);
+        found[i] = !p.null;
     }
     return found;
 }
@@ -643,8 +642,16 @@ bool LivepatchModule::replaces(const GuestLayouts::Livepatch& L) const {
 }
 
 std::vector<PatchedFunction> LivepatchModule::patched_functions(const GuestLayouts::Livepatch& L) const {
+    return decode(L).functions;
+}
+
+std::vector<PatchObject> LivepatchModule::patch_objects(const GuestLayouts::Livepatch& L) const {
+    return decode(L).objects;
+}
+
+LivepatchModule::Description LivepatchModule::decode(const GuestLayouts::Livepatch& L) const {
     if (L.object.size == 0 || L.func.size == 0 || L.patch.size == 0)
-        throw Error(ErrorKind::Internal, "patched_functions: livepatch layouts are empty");
+        throw Error(ErrorKind::Internal, "decoding klp_patch: livepatch layouts are empty");
     Place patch = find_klp_patch(L);
     std::string patch_name = symbol_at(patch);
     if (L.patch.states.size == 8) {
@@ -657,7 +664,8 @@ std::vector<PatchedFunction> LivepatchModule::patched_functions(const GuestLayou
     Pointer objs = read_pointer({patch.section, patch.offset + L.patch.objs.offset}, "klp_patch.objs");
     if (!objs.place)
         refuse(path_, "klp_patch " + patch_name + ": objs points outside the module (" + objs.external + ")");
-    std::vector<PatchedFunction> out;
+    Description d;
+    std::vector<PatchedFunction>& out = d.functions;
     constexpr std::size_t kMaxEntries = 1 << 16;
     for (std::size_t i = 0;; ++i) {
         Place o{objs.place->section, objs.place->offset + i * L.object.size};
@@ -668,19 +676,16 @@ std::vector<PatchedFunction> LivepatchModule::patched_functions(const GuestLayou
                               " has no terminating entry within " + osec.name);
         Pointer name = read_pointer({o.section, o.offset + L.object.name.offset}, oname + " .name");
         Pointer funcs = read_pointer({o.section, o.offset + L.object.funcs.offset}, oname + " .funcs");
-        if (name.null && funcs.null) {
-            // The terminating entry, unless it carries callbacks (an object
-            // of vmlinux with callbacks and no functions is valid).
-            if (L.object.callbacks.size == 0 || object_callbacks(o, L).empty()) break;
-        }
+        // The terminating entry, as klp_for_each_object_static() ends the
+        // array (neither name nor funcs).
+        if (name.null && funcs.null) break;
+        const std::array<bool, 4> callbacks = object_callbacks(o, L);
+        const bool any_callback = callbacks[0] || callbacks[1] || callbacks[2] || callbacks[3];
         std::string object = name.null ? "" : read_string(name, oname + " .name");
         std::string label = "klp_object '" + (object.empty() ? std::string("vmlinux") : object) + "'";
-        // Fields hvpatch does not act on are refused, never ignored.
-        if (auto callbacks = object_callbacks(o, L); !callbacks.empty())
-            throw Error(ErrorKind::Guest, path_ + ": " + label + " at " + describe(o) + " has callbacks (" +
-                                              callbacks +
-                                              "), which hvpatch does not run yet: the patch would behave "
-                                              "differently than under the guest's livepatch core");
+        d.objects.push_back({object, o.section, o.offset, callbacks});
+        // klp_enable_patch() refuses an object without a funcs array (-EINVAL);
+        // an empty one is valid if the object has callbacks.
         if (funcs.null) refuse(path_, label + " at " + describe(o) + " has no funcs");
         if (!funcs.place) refuse(path_, label + ": funcs points outside the module (" + funcs.external + ")");
         std::size_t before = out.size();
@@ -714,10 +719,11 @@ std::vector<PatchedFunction> LivepatchModule::patched_functions(const GuestLayou
             }
             out.push_back(std::move(pf));
         }
-        if (out.size() == before) refuse(path_, label + " at " + describe(o) + " has an empty funcs array");
+        if (out.size() == before && !any_callback)
+            refuse(path_, label + " at " + describe(o) + " has an empty funcs array");
     }
-    if (out.empty()) refuse(path_, "klp_patch " + patch_name + " has no objects");
-    return out;
+    if (d.objects.empty()) refuse(path_, "klp_patch " + patch_name + " has no objects");
+    return d;
 }
 
 }  // namespace hvpatch

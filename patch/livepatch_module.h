@@ -35,6 +35,7 @@
 #pragma once
 
 #include <cstddef>
+#include <array>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -135,6 +136,18 @@ struct PatchedFunction {
     }
 };
 
+// One klp_object of the patch, for its callbacks (struct klp_callbacks):
+// where it lies in the module and which callbacks it sets.
+struct PatchObject {
+    std::string name;  // klp_object.name; "" = vmlinux (NULL name)
+    std::size_t section = 0;
+    std::uint64_t offset = 0;
+    // pre_patch, post_patch, pre_unpatch, post_unpatch: set or NULL.
+    std::array<bool, 4> callbacks{};
+    bool has_callbacks() const { return callbacks[0] || callbacks[1] || callbacks[2] || callbacks[3]; }
+};
+inline constexpr const char* kKlpCallbackNames[4] = {"pre_patch", "post_patch", "pre_unpatch", "post_unpatch"};
+
 // A section whose contents a loader must handle deliberately.
 struct SpecialSection {
     std::size_t index = 0;
@@ -200,9 +213,13 @@ public:
     // Decodes klp_patch -> klp_object[] -> klp_func[] with the guest's
     // livepatch layouts. Throws Error(Usage) naming the section, offset or
     // symbol when the description is missing or malformed; Error(Guest)
-    // for fields hvpatch does not act on yet (klp_object callbacks,
-    // klp_patch.states), which must not be ignored.
+    // for fields hvpatch does not act on yet (klp_patch.states), which must
+    // not be ignored.
     std::vector<PatchedFunction> patched_functions(const GuestLayouts::Livepatch& layouts) const;
+    // The klp_objects, in array order (the order the core runs their
+    // callbacks in); an object with callbacks and no functions included.
+    // Errors as patched_functions().
+    std::vector<PatchObject> patch_objects(const GuestLayouts::Livepatch& layouts) const;
     // Where the klp_patch lies: "<symbol>" or "<section>+0x<offset>".
     std::string klp_patch_location(const GuestLayouts::Livepatch& layouts) const;
     // klp_patch.replace: an atomic-replace (cumulative) patch. Callbacks and
@@ -230,8 +247,13 @@ private:
     std::string describe(Place p) const;
     std::string symbol_at(Place p) const;
     Place find_klp_patch(const GuestLayouts::Livepatch& layouts) const;
-    // The names of the non-NULL callbacks of the klp_object at `object`.
-    std::string object_callbacks(Place object, const GuestLayouts::Livepatch& layouts) const;
+    // Which callbacks of the klp_object at `object` are set.
+    std::array<bool, 4> object_callbacks(Place object, const GuestLayouts::Livepatch& layouts) const;
+    struct Description {
+        std::vector<PatchedFunction> functions;
+        std::vector<PatchObject> objects;
+    };
+    Description decode(const GuestLayouts::Livepatch& layouts) const;
 
     std::string path_;
     std::string bytes_;

@@ -640,11 +640,107 @@ void free_patch(Patcher::Session& s, AppliedPatch& patch) {
     s.forget(patch.name);
 }
 
+enum class Callback { PrePatch = 0, PostPatch = 1, PreUnpatch = 2, PostUnpatch = 3 };
+
+// Runs one callback of every object of `patch` whose module is loaded, in
+// array order, in the guest (guest calls at a safe point), with the
+// core's bookkeeping (kernel/livepatch/core.h): pre_patch decides
+// post_unpatch_enabled and stops at the first object whose callback fails;
+// post_unpatch runs only where it is enabled and disables it. Returns 0,
+// or a failing pre_patch's return value with `failed` naming the object.
+int run_callbacks(Patcher::Session& s, AppliedPatch& patch, Callback which, std::string* failed = nullptr) {
+    const auto index = static_cast<std::size_t>(which);
+    for (auto& object : patch.objects) {
+        if (!object.loaded) continue;
+        if (which == Callback::PostUnpatch && !object.post_unpatch_enabled) continue;
+        const std::string label = std::string(kKlpCallbackNames[index]) + " callback of klp_object '" +
+                                  (object.name.empty() ? "vmlinux" : object.name) + "'";
+        int result = 0;
+        if (const std::uint64_t callback = object.callbacks[index]) {
+            s.say("running the " + label);
+            const std::uint64_t args[] = {object.address};
+            const std::uint64_t rax = s.call().call(callback, args, label);
+            s.after_call();
+            result = static_cast<std::int32_t>(rax & 0xffffffff);
+        }
+        if (which == Callback::PrePatch) {
+            object.post_unpatch_enabled = result == 0;
+            s.save(patch);
+            if (result != 0) {
+                if (failed) *failed = label;
+                return result;
+            }
+        } else if (which == Callback::PostUnpatch) {
+            object.post_unpatch_enabled = false;
+            s.save(patch);
+        }
+    }
+    return 0;
+}
+
 void run_before_finish(Patcher::Session& s) {
     if (!s.options.before_finish) return;
     s.thaw();
     s.options.before_finish();
     s.freeze();
+}
+
+std::string pending_callbacks_warning(const std::string& object) {
+    return "klp_object '" + object + "' has callbacks but module " + object +
+           " is not loaded: the guest's livepatch core would run them when it loads; hvpatch does not follow "
+           "module loads, so they will not run";
+}
+
+// " (ENODEV)" for a negative errno value the name of which is known.
+std::string errno_name(int value) {
+    switch (-value) {
+        case 1: return " (EPERM)";
+        case 2: return " (ENOENT)";
+        case 5: return " (EIO)";
+        case 12: return " (ENOMEM)";
+        case 16: return " (EBUSY)";
+        case 19: return " (ENODEV)";
+        case 22: return " (EINVAL)";
+        case 95: return " (EOPNOTSUPP)";
+        default: return "";
+    }
+}
+
+// The klp_objects of `module` that have callbacks, as loaded at `base`:
+// their guest addresses and the callbacks' (read from the linked image),
+// and for a module object whose module is loaded, klp_object.mod set in
+// the image to the guest's struct module, as klp_init_object() finds it
+// (callbacks read obj->mod). An object whose module is not loaded keeps
+// mod NULL and its callbacks never run (the core would run them when the
+// module loads: hvpatch does not follow module loads).
+std::vector<AppliedPatch::Object> callback_objects(GuestKernel& kernel, const LivepatchModule& module,
+                                                   ModuleImage& image, std::uint64_t base) {
+    const auto& L = *kernel.layouts().livepatch;
+    std::vector<AppliedPatch::Object> out;
+    std::optional<std::vector<GuestModule>> modules;
+    for (const auto& po : module.patch_objects(L)) {
+        if (!po.has_callbacks()) continue;
+        const std::string label = po.name.empty() ? "vmlinux" : po.name;
+        auto section = image.layout.section_offset.find(po.section);
+        if (section == image.layout.section_offset.end())
+            throw Error(ErrorKind::Guest, "klp_object '" + label + "' is in a section hvpatch does not load");
+        const std::uint64_t at = section->second + po.offset;
+        if (at + L.object.size > image.bytes.size() || L.object.callbacks.size < 32)
+            throw Error(ErrorKind::Internal, "klp_object '" + label + "' lies outside the image");
+        AppliedPatch::Object o;
+        o.name = po.name;
+        o.address = base + at;
+        for (std::size_t i = 0; i < 4; ++i)
+            if (po.callbacks[i]) std::memcpy(&o.callbacks[i], image.bytes.data() + at + L.object.callbacks.offset + 8 * i, 8);
+        if (!po.name.empty()) {
+            if (!modules) modules = list_modules(kernel);
+            auto it = std::find_if(modules->begin(), modules->end(), [&](const GuestModule& m) { return m.name == po.name; });
+            o.loaded = it != modules->end();
+            if (o.loaded && L.object.mod.size == 8) std::memcpy(image.bytes.data() + at + L.object.mod.offset, &it->address, 8);
+        }
+        out.push_back(o);
+    }
+    return out;
 }
 
 // Waits (bounded by `deadline`) for a freeze in which no task is inside
@@ -685,6 +781,7 @@ void finish_unpatch(Patcher::Session& s, TransitionEngine& engine, const Transit
         throw Error(ErrorKind::Timeout, "tasks are still inside the patch memory of " + patch.name + ": " +
                                             describe_blockers(inside) + "; state kept, run hvpatch revert again");
     engine.settle(plan);
+    run_callbacks(s, patch, Callback::PostUnpatch);  // the code is still there: freed after
     free_patch(s, patch);
 }
 
@@ -706,6 +803,9 @@ json finish_patch(Patcher::Session& s, TransitionEngine& engine, const Transitio
     for (const auto& other : plan.replaced)
         if (AppliedPatch* r = s.state.find(other); r && r->name != name) r->phase = PatchPhase::Freeing;
     s.save(patch);
+    // klp_complete_transition(): the post_patch callbacks of the patch that
+    // completed; a replaced patch's callbacks do not run.
+    run_callbacks(s, patch, Callback::PostPatch);
     for (const auto& other : plan.replaced) {
         AppliedPatch* r = s.state.find(other);
         if (!r || r->name == name) continue;
@@ -886,6 +986,9 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                     std::memcpy(image.bytes.data() + at, &functions[i].entry, 8);
                 }
                 for (const auto& w : image.warnings) s.say("warning: " + w);
+                patch->objects = callback_objects(*s.kernel, module, image, base);
+                for (const auto& o : patch->objects)
+                    if (!o.loaded) s.say("warning: " + pending_callbacks_warning(o.name));
                 for (auto& f : functions) {
                     f.new_address = image.symbol_address(f.new_symbol);
                     for (const auto& [symbol, begin, end] : image.functions)
@@ -919,6 +1022,19 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                 patch->orc_entries = image.orc_entries;
                 for (const auto& [symbol, begin, end] : image.functions) patch->code.push_back({symbol, begin, end});
                 s.save(*patch);
+
+                // __klp_enable_patch(): each loaded object's pre_patch, in
+                // order, before any of its functions is redirected; a
+                // failure cancels the patch (the post_unpatch callbacks of
+                // the objects whose pre_patch succeeded run) and the load
+                // is undone below.
+                std::string failed;
+                if (int ret = run_callbacks(s, *patch, Callback::PrePatch, &failed); ret != 0) {
+                    run_callbacks(s, *patch, Callback::PostUnpatch);
+                    throw Error(ErrorKind::Guest, "the " + failed + " returned " + std::to_string(ret) +
+                                                      errno_name(ret) + ": " + name +
+                                                      " is not applied (its memory is freed again)");
+                }
 
                 // The first freeze of the transition: the guest ran during
                 // the calls; nothing may have started meanwhile.
@@ -1040,9 +1156,18 @@ OperationReport Patcher::revert(const std::string& name) {
                     throw Error(ErrorKind::Guest, "a livepatch transition is in progress in the guest; try again later");
             }
             // Applied, or an interrupted apply or revert (patching / unpatching): back out.
+            const bool was_applied = patch->phase == PatchPhase::Applied;
             patch->phase = PatchPhase::Unpatching;
             TransitionPlan plan = plan_unpatching(s.state, name);
             engine.check_sites(plan);
+            // __klp_disable_patch(): the pre_unpatch callbacks before the
+            // transition starts. (Reversing an interrupted apply runs none,
+            // as klp_reverse_transition() does not.)
+            if (was_applied) {
+                s.stage("transition");
+                run_callbacks(s, *patch, Callback::PreUnpatch);
+                s.freeze();
+            }
             s.save(*patch);
             s.stage("transition");
             engine.redirect(plan);
@@ -1155,6 +1280,17 @@ CheckReport Patcher::check(const std::string& module_path) {
                         planned.push_back(plan.function);
                     }
                     report.functions.push_back(std::move(plan));
+                }
+                for (const auto& po : module.patch_objects(L)) {
+                    if (!po.has_callbacks()) continue;
+                    std::string names;
+                    for (std::size_t i = 0; i < 4; ++i)
+                        if (po.callbacks[i]) names += (names.empty() ? "" : ", ") + std::string(kKlpCallbackNames[i]);
+                    const bool loaded = po.name.empty() ||
+                                        std::ranges::any_of(list_modules(*s.kernel), [&](const GuestModule& m) { return m.name == po.name; });
+                    report.callbacks.push_back((po.name.empty() ? std::string("vmlinux") : po.name) + ": " + names +
+                                               (loaded ? "" : " (module not loaded: not run)"));
+                    if (!loaded) report.warnings.push_back(pending_callbacks_warning(po.name));
                 }
                 report.replace = module.replaces(L);
                 if (report.replace) {
@@ -1269,7 +1405,8 @@ nlohmann::json CheckReport::to_json() const {
             {"guest_release", guest_release}, {"functions", functions}, {"special_sections", special_sections},
             {"refusals", refusals},    {"ok", refusals.empty()}, {"tasks", tasks},
             {"blockers", blockers_json(blockers)}, {"guest_transition", guest_transition},
-            {"replace", replace}, {"replaces", replaces}, {"restores", restores}};
+            {"replace", replace}, {"replaces", replaces}, {"restores", restores},
+            {"callbacks", callbacks}, {"warnings", warnings}};
 }
 
 nlohmann::json OperationReport::to_json() const {

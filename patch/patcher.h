@@ -85,6 +85,10 @@ struct CheckReport {
     // functions they redirect that would go back to the original code.
     bool replace = false;
     std::vector<std::string> replaces, restores;
+    // "OBJECT: pre_patch, post_patch, ..." per klp_object with callbacks
+    // (run in the guest by apply and revert, in the core's order).
+    std::vector<std::string> callbacks;
+    std::vector<std::string> warnings;  // what apply would do differently than the guest's own core
     std::size_t tasks = 0;
     bool guest_transition = false;
     nlohmann::json to_json() const;

@@ -140,6 +140,7 @@ FakeKernel linux_6_1() {
          {{"old_name", "ptr"}, {"new_func", "ptr"}, {"old_sympos", "u64"}, {"old_func", "ptr"}, {"kobj", "u64[8]"},
           {"node", "list_head"}, {"stack_node", "list_head"}, {"old_size", "u64"}, {"new_size", "u64"},
           {"nop", "u8"}, {"patched", "u8"}, {"transition", "u8"}}},
+        {"klp_state", {{"id", "u64"}, {"version", "u32"}, {"data", "ptr"}}},
     };
     k.enums["module_state"] = {
         {"MODULE_STATE_LIVE", 0}, {"MODULE_STATE_COMING", 1}, {"MODULE_STATE_GOING", 2}, {"MODULE_STATE_UNFORMED", 3}};
