@@ -154,6 +154,7 @@ void run_check(const PatchCommandOptions& opt, GlobalOptions& global) {
             if (!restores.empty()) std::printf("  back to the original code: %s\n", restores.c_str());
         }
         for (const auto& c : report.callbacks) std::printf("  callbacks of %s\n", c.c_str());
+        for (const auto& st : report.states) std::printf("  system state %s\n", st.c_str());
         for (const auto& w : report.warnings) std::printf("WARNING: %s\n", w.c_str());
         std::printf("%zu tasks; %zu would block the transition right now%s\n", report.tasks, report.blockers.size(),
                     report.blockers.empty() ? "" : ":");

@@ -128,6 +128,8 @@ json to_json(const VmState& state) {
     for (const auto& p : state.patches) {
         json functions = json::array();
         for (const auto& f : p.functions) functions.push_back(function_to_json(f));
+        json states = json::array();
+        for (const auto& st : p.states) states.push_back(json::array({st.id, st.version, st.address}));
         json objects = json::array();
         for (const auto& o : p.objects)
             objects.push_back({{"name", o.name},
@@ -149,6 +151,8 @@ json to_json(const VmState& state) {
                            {"code", code_to_json(p.code)},
                            {"functions", functions},
                            {"objects", objects},
+                           {"states", states},
+                           {"prev_state", p.prev_state},
                            {"replace", p.replace},
                            {"replaces", p.replaces},
                            {"applied_at", p.applied_at},
@@ -202,6 +206,9 @@ VmState vm_state_from_json(const json& j) {
                 o.post_unpatch_enabled = oj.at("post_unpatch_enabled").get<bool>();
                 p.objects.push_back(std::move(o));
             }
+            for (const auto& sj : pj.value("states", json::array()))
+                p.states.push_back({sj.at(0).get<std::uint64_t>(), sj.at(1).get<std::uint64_t>(), sj.at(2).get<std::uint64_t>()});
+            p.prev_state = pj.value("prev_state", std::uint64_t{0});
             p.replace = pj.value("replace", false);
             p.replaces = pj.value("replaces", std::vector<std::string>{});
             p.applied_at = pj.at("applied_at").get<std::string>();

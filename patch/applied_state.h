@@ -79,6 +79,15 @@ struct AppliedPatch {
         bool post_unpatch_enabled = false;
     };
     std::vector<Object> objects;
+    // klp_patch.states, each with its struct klp_state in the patch memory
+    // (what klp_get_prev_state() answers to later patches).
+    struct State {
+        std::uint64_t id = 0, version = 0, address = 0;
+    };
+    std::vector<State> states;
+    // The patch's copy of klp_get_prev_state (guest-shim/prev_state.h), whose
+    // table hvpatch rewrites before callbacks run; 0: the module does not call it.
+    std::uint64_t prev_state = 0;
     // klp_patch.replace: when its transition completes, every other patch
     // live on the VM is gone. `replaces` names them (recorded before the
     // transition starts, so that a resumed or reverted replace knows).

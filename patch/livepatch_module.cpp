@@ -649,18 +649,35 @@ std::vector<PatchObject> LivepatchModule::patch_objects(const GuestLayouts::Live
     return decode(L).objects;
 }
 
+std::vector<PatchState> LivepatchModule::patch_states(const GuestLayouts::Livepatch& L) const {
+    std::vector<PatchState> out;
+    if (L.patch.states.size != 8 || L.state.size == 0) return out;
+    Place patch = find_klp_patch(L);
+    Pointer states = read_pointer({patch.section, patch.offset + L.patch.states.offset}, "klp_patch.states");
+    if (states.null) return out;
+    if (!states.place) refuse(path_, "klp_patch.states points outside the module (" + states.external + ")");
+    constexpr std::size_t kMaxStates = 1 << 12;
+    for (std::size_t i = 0;; ++i) {
+        Place at{states.place->section, states.place->offset + i * L.state.size};
+        const KoSection& sec = sections_[at.section];
+        if (i >= kMaxStates || at.offset > sec.size || sec.size - at.offset < L.state.size)
+            refuse(path_, "klp_state array at " + describe(*states.place) + " has no terminating entry within " +
+                              sec.name);
+        const std::uint64_t id = read_integer({at.section, at.offset + L.state.id.offset}, L.state.id.size,
+                                              "klp_state.id at " + describe(at));
+        if (id == 0) break;  // klp_for_each_state()
+        const std::uint64_t version = read_integer({at.section, at.offset + L.state.version.offset},
+                                                   L.state.version.size, "klp_state.version at " + describe(at));
+        out.push_back({id, version, at.section, at.offset});
+    }
+    return out;
+}
+
 LivepatchModule::Description LivepatchModule::decode(const GuestLayouts::Livepatch& L) const {
     if (L.object.size == 0 || L.func.size == 0 || L.patch.size == 0)
         throw Error(ErrorKind::Internal, "decoding klp_patch: livepatch layouts are empty");
     Place patch = find_klp_patch(L);
     std::string patch_name = symbol_at(patch);
-    if (L.patch.states.size == 8) {
-        Pointer states = read_pointer({patch.section, patch.offset + L.patch.states.offset}, "klp_patch.states");
-        if (!states.null)
-            throw Error(ErrorKind::Guest, path_ + ": klp_patch " + patch_name +
-                                              " declares system states (klp_patch.states), which hvpatch does not "
-                                              "keep yet: klp_get_state()/klp_get_prev_state() would not see them");
-    }
     Pointer objs = read_pointer({patch.section, patch.offset + L.patch.objs.offset}, "klp_patch.objs");
     if (!objs.place)
         refuse(path_, "klp_patch " + patch_name + ": objs points outside the module (" + objs.external + ")");

@@ -146,6 +146,14 @@ struct PatchObject {
     std::array<bool, 4> callbacks{};
     bool has_callbacks() const { return callbacks[0] || callbacks[1] || callbacks[2] || callbacks[3]; }
 };
+// One struct klp_state of klp_patch.states[] (the array ends at id 0).
+struct PatchState {
+    std::uint64_t id = 0;
+    std::uint64_t version = 0;
+    std::size_t section = 0;  // where it lies in the module
+    std::uint64_t offset = 0;
+};
+
 inline constexpr const char* kKlpCallbackNames[4] = {"pre_patch", "post_patch", "pre_unpatch", "post_unpatch"};
 
 // A section whose contents a loader must handle deliberately.
@@ -212,14 +220,15 @@ public:
 
     // Decodes klp_patch -> klp_object[] -> klp_func[] with the guest's
     // livepatch layouts. Throws Error(Usage) naming the section, offset or
-    // symbol when the description is missing or malformed; Error(Guest)
-    // for fields hvpatch does not act on yet (klp_patch.states), which must
-    // not be ignored.
+    // symbol when the description is missing or malformed.
     std::vector<PatchedFunction> patched_functions(const GuestLayouts::Livepatch& layouts) const;
     // The klp_objects, in array order (the order the core runs their
     // callbacks in); an object with callbacks and no functions included.
     // Errors as patched_functions().
     std::vector<PatchObject> patch_objects(const GuestLayouts::Livepatch& layouts) const;
+    // klp_patch.states: the system states the patch declares (empty if
+    // none). Error(Usage) for an array without its terminating entry.
+    std::vector<PatchState> patch_states(const GuestLayouts::Livepatch& layouts) const;
     // Where the klp_patch lies: "<symbol>" or "<section>+0x<offset>".
     std::string klp_patch_location(const GuestLayouts::Livepatch& layouts) const;
     // klp_patch.replace: an atomic-replace (cumulative) patch. Callbacks and

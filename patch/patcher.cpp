@@ -5,6 +5,7 @@
 #include <cstring>
 #include <thread>
 
+#include "guest-shim/prev_state.h"
 #include "guest-shim/trampoline.h"
 #include "hvpatch/error.h"
 #include "introspect/branch_mitigations.h"
@@ -642,6 +643,21 @@ void free_patch(Patcher::Session& s, AppliedPatch& patch) {
 
 enum class Callback { PrePatch = 0, PostPatch = 1, PreUnpatch = 2, PostUnpatch = 3 };
 
+// What klp_get_prev_state() answers `patch` now: the states of the patches
+// before it in the record (the core walks klp_patches up to the patch in
+// transition), the last match winning; patches it is replacing count until
+// they are freed, as they stay on klp_patches until then.
+std::vector<std::pair<std::uint64_t, std::uint64_t>> previous_states(const VmState& state, const AppliedPatch& patch) {
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
+    for (const auto& p : state.patches) {
+        if (p.name == patch.name) break;
+        const bool replaced = std::ranges::find(patch.replaces, p.name) != patch.replaces.end();
+        if (!is_live(p) && !(p.phase == PatchPhase::Freeing && replaced)) continue;
+        for (const auto& st : p.states) out.emplace_back(st.id, st.address);
+    }
+    return out;
+}
+
 // Runs one callback of every object of `patch` whose module is loaded, in
 // array order, in the guest (guest calls at a safe point), with the
 // core's bookkeeping (kernel/livepatch/core.h): pre_patch decides
@@ -650,6 +666,13 @@ enum class Callback { PrePatch = 0, PostPatch = 1, PreUnpatch = 2, PostUnpatch =
 // or a failing pre_patch's return value with `failed` naming the object.
 int run_callbacks(Patcher::Session& s, AppliedPatch& patch, Callback which, std::string* failed = nullptr) {
     const auto index = static_cast<std::size_t>(which);
+    if (patch.prev_state && std::ranges::any_of(patch.objects, [&](const AppliedPatch::Object& o) {
+            return o.loaded && o.callbacks[index];
+        })) {
+        auto table = to_vector(shim::prev_state_table(previous_states(s.state, patch)));
+        s.freeze();
+        s.write_guest(patch.prev_state + shim::prev_state_table_offset(), table);
+    }
     for (auto& object : patch.objects) {
         if (!object.loaded) continue;
         if (which == Callback::PostUnpatch && !object.post_unpatch_enabled) continue;
@@ -683,6 +706,46 @@ void run_before_finish(Patcher::Session& s) {
     s.thaw();
     s.options.before_finish();
     s.freeze();
+}
+
+// klp_is_patch_compatible(): every system state a live patch on the VM
+// introduced must be kept, in the same or a newer version, by a new patch
+// that declares it; a cumulative patch must declare them all. Empty: compatible.
+std::string state_refusal(const VmState& state, const std::string& name, const std::vector<PatchState>& states,
+                          bool replace) {
+    for (const auto& p : state.patches) {
+        if (!is_live(p) || p.name == name) continue;
+        for (const auto& old : p.states) {
+            auto it = std::ranges::find_if(states, [&](const PatchState& st) { return st.id == old.id; });
+            if (it == states.end() && replace)
+                return "the patch is not compatible with the patches on this VM (klp_is_patch_compatible): patch " +
+                       p.name + " introduced system state " + std::to_string(old.id) + " (version " +
+                       std::to_string(old.version) + "), which this cumulative patch does not keep";
+            if (it != states.end() && it->version < old.version)
+                return "the patch is not compatible with the patches on this VM (klp_is_patch_compatible): it has "
+                       "system state " + std::to_string(old.id) + " in version " + std::to_string(it->version) +
+                       ", older than version " + std::to_string(old.version) + " of patch " + p.name;
+        }
+    }
+    return "";
+}
+
+// Where the klp_get_prev_state copy at `stub` returns through: the guest's
+// return thunk, as the loader patches the module's own returns
+// (module_image.cpp, .return_sites), or 0 for a plain ret.
+std::uint64_t return_thunk_for(GuestKernel& kernel, const GuestLinkFacts& facts, std::uint64_t stub) {
+    if (!facts.mitigations.rethunk) return 0;
+    std::uint64_t thunk = 0;
+    if (auto pointer = kernel.find_symbol("x86_return_thunk"))
+        thunk = kernel.memory().read_u64(GuestVirtAddr{*pointer});
+    else
+        thunk = kernel.symbol("__x86_return_thunk");
+    // ITS: the ITS return thunk serves only returns in the lower half of a
+    // cache line (as the loader decides for the module's own).
+    auto its = kernel.find_symbol("its_return_thunk");
+    const std::uint64_t jmp_at = stub + shim::prev_state_ret_jump_offset();
+    if (its && thunk == *its && (jmp_at & 0x20)) return 0;
+    return thunk;
 }
 
 std::string pending_callbacks_warning(const std::string& object) {
@@ -946,9 +1009,18 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                 throw Error(ErrorKind::Guest, "klp_target_state is " + std::to_string(t) +
                                                   ": a livepatch transition is in progress in the guest");
 
+            // klp_is_patch_compatible(): the system states of the patches on the VM.
+            const auto states = module.patch_states(L);
+            if (std::string why = state_refusal(s.state, name, states, replace); !why.empty())
+                throw Error(ErrorKind::Guest, module_path + ": " + why);
+            const KoSymbol* prev_state_call = module.find_symbol("klp_get_prev_state");
+            const bool calls_prev_state = prev_state_call && prev_state_call->shndx == 0;
+
             const std::uint64_t tsize = shim::trampoline_size();
             const std::size_t slots = functions.size() + nops.size();
-            ModuleLayout layout = plan_module_layout(module, tsize * slots);
+            const std::uint64_t prev_state_offset = tsize * slots;  // after the trampolines
+            ModuleLayout layout =
+                plan_module_layout(module, prev_state_offset + (calls_prev_state ? shim::prev_state_size() : 0));
             check_link_formats(module, link_format_facts(*s.kernel));
             s.say("allocating " + std::to_string(layout.total_size()) + " bytes of guest module memory");
             s.stage("loading");
@@ -971,7 +1043,31 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
             patch = &s.state.patches.back();
             s.save(*patch);
             try {
-                ModuleImage image = link_module(module, base, tsize * slots, link_facts(*s.kernel));
+                GuestLinkFacts facts = link_facts(*s.kernel);
+                if (calls_prev_state) {
+                    // klp_get_prev_state() of the guest walks only its own
+                    // patches: the module's calls go to hvpatch's copy.
+                    patch->prev_state = base + layout.extra_text_offset + prev_state_offset;
+                    facts.resolve = [inner = facts.resolve, stub = patch->prev_state](
+                                        const std::string& object, const std::string& symbol,
+                                        std::uint64_t sympos) -> std::optional<std::uint64_t> {
+                        if (object.empty() && symbol == "klp_get_prev_state") return stub;
+                        return inner(object, symbol, sympos);
+                    };
+                }
+                ModuleImage image =
+                    link_module(module, base, prev_state_offset + (calls_prev_state ? shim::prev_state_size() : 0), facts);
+                if (calls_prev_state) {
+                    auto blob = shim::build_prev_state(patch->prev_state, return_thunk_for(*s.kernel, facts, patch->prev_state));
+                    std::copy(blob.begin(), blob.end(),
+                              image.bytes.begin() + static_cast<std::ptrdiff_t>(layout.extra_text_offset + prev_state_offset));
+                }
+                for (const auto& st : states) {
+                    auto section = image.layout.section_offset.find(st.section);
+                    if (section == image.layout.section_offset.end())
+                        throw Error(ErrorKind::Guest, "klp_state " + std::to_string(st.id) + " is in a section hvpatch does not load");
+                    patch->states.push_back({st.id, st.version, base + section->second + st.offset});
+                }
                 report.loader_actions = image.actions;
                 // klp_func.old_func, as klp_init_func() sets it: patch code
                 // may call the old function through it (example 3 does).
@@ -1293,6 +1389,11 @@ CheckReport Patcher::check(const std::string& module_path) {
                     if (!loaded) report.warnings.push_back(pending_callbacks_warning(po.name));
                 }
                 report.replace = module.replaces(L);
+                const auto states = module.patch_states(L);
+                for (const auto& st : states)
+                    report.states.push_back("id " + std::to_string(st.id) + " version " + std::to_string(st.version));
+                if (std::string why = state_refusal(s.state, module.name(), states, report.replace); !why.empty())
+                    report.refusals.push_back(why);
                 if (report.replace) {
                     report.replaces = replaced_by(s.state, module.name());
                     for (const auto& nop : replace_nops(s.state, module.name(), planned)) {
@@ -1406,7 +1507,7 @@ nlohmann::json CheckReport::to_json() const {
             {"refusals", refusals},    {"ok", refusals.empty()}, {"tasks", tasks},
             {"blockers", blockers_json(blockers)}, {"guest_transition", guest_transition},
             {"replace", replace}, {"replaces", replaces}, {"restores", restores},
-            {"callbacks", callbacks}, {"warnings", warnings}};
+            {"callbacks", callbacks}, {"states", states}, {"warnings", warnings}};
 }
 
 nlohmann::json OperationReport::to_json() const {

@@ -88,6 +88,7 @@ struct CheckReport {
     // "OBJECT: pre_patch, post_patch, ..." per klp_object with callbacks
     // (run in the guest by apply and revert, in the core's order).
     std::vector<std::string> callbacks;
+    std::vector<std::string> states;    // klp_patch.states: "id N version V"
     std::vector<std::string> warnings;  // what apply would do differently than the guest's own core
     std::size_t tasks = 0;
     bool guest_transition = false;

@@ -1,4 +1,5 @@
-// The kernel's own livepatch selftests (tools/testing/selftests/livepatch
+// The kernel's own livepatch selftests (tools/testing/selftests/livepatch:
+// test-livepatch.sh, test-callbacks.sh, test-state.sh)
 // in Debian's linux-source-6.1), ported to hvpatch on a real guest.
 //
 // The modules are the kernel's lib/livepatch/test_klp_*.c, built against
@@ -299,6 +300,79 @@ TEST_F(KlpSelftestsTest, CallbacksAtomicReplace) {
                        {"% hvpatch apply test_klp_callbacks_demo2", callback_line(kDemo2, "pre_patch"),
                         callback_line(kDemo2, "post_patch"), "% hvpatch revert test_klp_callbacks_demo2",
                         callback_line(kDemo2, "pre_unpatch"), callback_line(kDemo2, "post_unpatch")}}));
+}
+
+// --- test-state.sh -----------------------------------------------------------
+// test_klp_state (state 1, version 1) sets console_loglevel to 15 and keeps
+// the old value in the state's data; test_klp_state2/3 (version 2) take the
+// change over from a previous patch through klp_get_prev_state().
+
+constexpr const char* kState = "test_klp_state";
+constexpr const char* kState2 = "test_klp_state2";
+constexpr const char* kState3 = "test_klp_state3";
+
+Lines state_patch_lines(const std::string& patch, bool taken_over) {
+    return {patch + ": pre_patch_callback: vmlinux",
+            patch + (taken_over ? ": allocate_loglevel_state: space to store console_loglevel already allocated"
+                                : ": allocate_loglevel_state: allocating space to store console_loglevel"),
+            patch + ": post_patch_callback: vmlinux",
+            patch + (taken_over ? ": fix_console_loglevel: taking over the console_loglevel change"
+                                : ": fix_console_loglevel: fixing console_loglevel")};
+}
+Lines state_unpatch_lines(const std::string& patch) {
+    return {patch + ": pre_unpatch_callback: vmlinux", patch + ": restore_console_loglevel: restoring console_loglevel",
+            patch + ": post_unpatch_callback: vmlinux",
+            patch + ": free_loglevel_state: freeing space for the stored console_loglevel"};
+}
+
+TEST_F(KlpSelftestsTest, StateSystemStateModification) {
+    const std::string loglevel = guest_->run_ok("cut -f1 /proc/sys/kernel/printk");
+    apply("lib", kState);
+    EXPECT_EQ(guest_->run_ok("cut -f1 /proc/sys/kernel/printk"), "15\n") << "CONSOLE_LOGLEVEL_MOTORMOUTH";
+    revert(kState);
+    EXPECT_EQ(guest_->run_ok("cut -f1 /proc/sys/kernel/printk"), loglevel) << "restored from the state's data";
+    check_result(join({{"% hvpatch apply test_klp_state"}, state_patch_lines(kState, false),
+                       {"% hvpatch revert test_klp_state"}, state_unpatch_lines(kState)}));
+}
+
+TEST_F(KlpSelftestsTest, StateTakingOverSystemStateModification) {
+    const std::string loglevel = guest_->run_ok("cut -f1 /proc/sys/kernel/printk");
+    apply("lib", kState);
+    apply("lib", kState2);  // replaces test_klp_state: the script's rmmod of it has no counterpart
+    EXPECT_EQ(guest_->run_ok("cut -f1 /proc/sys/kernel/printk"), "15\n");
+    revert(kState2);
+    EXPECT_EQ(guest_->run_ok("cut -f1 /proc/sys/kernel/printk"), loglevel) << "restored from the data taken over";
+    check_result(join({{"% hvpatch apply test_klp_state"}, state_patch_lines(kState, false),
+                       {"% hvpatch apply test_klp_state2"}, state_patch_lines(kState2, true),
+                       {"% hvpatch revert test_klp_state2"}, state_unpatch_lines(kState2)}));
+}
+
+TEST_F(KlpSelftestsTest, StateCompatibleCumulativeLivepatches) {
+    apply("lib", kState2);
+    apply("lib", kState3);
+    apply("lib", kState2);  // replaces test_klp_state3 (the script's rmmods have no counterpart)
+    revert(kState2);
+    check_result(join({{"% hvpatch apply test_klp_state2"}, state_patch_lines(kState2, false),
+                       {"% hvpatch apply test_klp_state3"}, state_patch_lines(kState3, true),
+                       {"% hvpatch apply test_klp_state2"}, state_patch_lines(kState2, true),
+                       {"% hvpatch revert test_klp_state2"}, state_unpatch_lines(kState2)}));
+}
+
+TEST_F(KlpSelftestsTest, StateIncompatibleCumulativeLivepatches) {
+    apply("lib", kState2);
+    log("% hvpatch apply test_klp_state");
+    CommandResult r = hvpatch({"apply", guest_->target(), ko("lib", kState), "--json"});
+    EXPECT_EQ(r.exit_code, 4) << r.describe();
+    EXPECT_NE(r.out.find("not compatible with the patches on this VM"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("system state 1 in version 1, older than version 2 of patch test_klp_state2"),
+              std::string::npos) << r.out;
+    CommandResult c = hvpatch({"check", guest_->target(), ko("lib", kState), "--json"});
+    EXPECT_EQ(c.exit_code, 4) << c.describe();
+    EXPECT_NE(c.out.find("klp_is_patch_compatible"), std::string::npos) << c.out;
+    revert(kState2);
+    check_result(join({{"% hvpatch apply test_klp_state2"}, state_patch_lines(kState2, false),
+                       {"% hvpatch apply test_klp_state", "% hvpatch revert test_klp_state2"},
+                       state_unpatch_lines(kState2)}));
 }
 
 // Last (tests run in the order of this file).

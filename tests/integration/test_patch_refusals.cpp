@@ -535,16 +535,6 @@ TEST_F(PatchRefusalsTest, GuestLivepatchInTransition) {
     expect_apply_and_revert(cmdline_ko_, "livepatch_cmdline");
 }
 
-// Fields of klp_patch/klp_object hvpatch does not act on yet are refused,
-// never ignored (tests/integration/patches/livepatch-fields). (Callbacks
-// run: test_klp_selftests.cpp.)
-TEST_F(PatchRefusalsTest, StatesAreRefused) {
-    ASSERT_EQ(test_modules_build_.exit_code, 0) << "building tests/integration/patches: " << test_modules_build_.describe();
-    const std::string dir = build_dir_ + "/livepatch-fields/";
-    expect_refused(Refusal(dir + "livepatch_states.ko", kExitGuest,
-                           {"declares system states (klp_patch.states)", "does not keep yet"}));
-}
-
 // A cumulative patch with nothing to replace applies like any patch
 // (replacing others: test_patch_streams.cpp).
 TEST_F(PatchRefusalsTest, ReplaceWithNothingToReplaceAppliesAsUsual) {
