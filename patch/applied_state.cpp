@@ -153,6 +153,7 @@ json to_json(const VmState& state) {
                            {"objects", objects},
                            {"states", states},
                            {"prev_state", p.prev_state},
+                           {"log_buffer", p.log_buffer},
                            {"replace", p.replace},
                            {"replaces", p.replaces},
                            {"applied_at", p.applied_at},
@@ -209,6 +210,7 @@ VmState vm_state_from_json(const json& j) {
             for (const auto& sj : pj.value("states", json::array()))
                 p.states.push_back({sj.at(0).get<std::uint64_t>(), sj.at(1).get<std::uint64_t>(), sj.at(2).get<std::uint64_t>()});
             p.prev_state = pj.value("prev_state", std::uint64_t{0});
+            p.log_buffer = pj.value("log_buffer", std::uint64_t{0});
             p.replace = pj.value("replace", false);
             p.replaces = pj.value("replaces", std::vector<std::string>{});
             p.applied_at = pj.at("applied_at").get<std::string>();

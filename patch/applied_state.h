@@ -88,6 +88,8 @@ struct AppliedPatch {
     // The patch's copy of klp_get_prev_state (guest-shim/prev_state.h), whose
     // table hvpatch rewrites before callbacks run; 0: the module does not call it.
     std::uint64_t prev_state = 0;
+    // Where hvpatch puts its lines for the guest's kernel log (0: none).
+    std::uint64_t log_buffer = 0;
     // klp_patch.replace: when its transition completes, every other patch
     // live on the VM is gone. `replaces` names them (recorded before the
     // transition starts, so that a resumed or reverted replace knows).

@@ -36,6 +36,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 constexpr std::uint64_t kPage = 4096;
+// The patch's buffer for hvpatch's lines in the guest's kernel log.
+constexpr std::uint64_t kGuestLogBufferSize = 256;
 
 std::vector<std::uint8_t> to_vector(std::span<const std::byte> bytes) {
     std::vector<std::uint8_t> out(bytes.size());
@@ -643,6 +645,32 @@ void free_patch(Patcher::Session& s, AppliedPatch& patch) {
 
 enum class Callback { PrePatch = 0, PostPatch = 1, PreUnpatch = 2, PostUnpatch = 3 };
 
+// A line in the guest's kernel log ("hvpatch: TEXT", KERN_INFO), so that
+// the guest can tell what was done to it from the host: the text goes into
+// the patch's log buffer and the guest's printk prints it (a guest call).
+// Best effort: a failure is reported, not fatal.
+void guest_log(Patcher::Session& s, const AppliedPatch& patch, const std::string& text) {
+    if (!patch.log_buffer) return;
+    try {
+        std::string line = "\x01" "6hvpatch: ";
+        for (char c : text) {
+            if (c == '%') line += "%%";
+            else if (static_cast<unsigned char>(c) >= 0x20 && c != 0x7f) line += c;
+        }
+        line += '\n';
+        if (line.size() >= kGuestLogBufferSize) line = line.substr(0, kGuestLogBufferSize - 2) + "\n";
+        std::vector<std::uint8_t> bytes(line.begin(), line.end());
+        bytes.push_back(0);
+        s.freeze();
+        s.write_guest(patch.log_buffer, bytes);
+        const char* printk = s.kernel->find_symbol("_printk") ? "_printk" : "printk";
+        s.call().call(printk, {patch.log_buffer});
+        s.after_call();
+    } catch (const Error& e) {
+        s.say(std::string("warning: could not write to the guest's kernel log: ") + e.what());
+    }
+}
+
 // What klp_get_prev_state() answers `patch` now: the states of the patches
 // before it in the record (the core walks klp_patches up to the patch in
 // transition), the last match winning; patches it is replacing count until
@@ -845,6 +873,7 @@ void finish_unpatch(Patcher::Session& s, TransitionEngine& engine, const Transit
                                             describe_blockers(inside) + "; state kept, run hvpatch revert again");
     engine.settle(plan);
     run_callbacks(s, patch, Callback::PostUnpatch);  // the code is still there: freed after
+    guest_log(s, patch, "'" + patch.name + "': unpatching complete");
     free_patch(s, patch);
 }
 
@@ -869,6 +898,11 @@ json finish_patch(Patcher::Session& s, TransitionEngine& engine, const Transitio
     // klp_complete_transition(): the post_patch callbacks of the patch that
     // completed; a replaced patch's callbacks do not run.
     run_callbacks(s, patch, Callback::PostPatch);
+    guest_log(s, patch, "'" + name + "': patching complete" + [&] {
+        std::string list;
+        for (const auto& r : plan.replaced) list += (list.empty() ? "" : ", ") + ("'" + r + "'");
+        return list.empty() ? std::string() : " (replaced " + list + ")";
+    }());
     for (const auto& other : plan.replaced) {
         AppliedPatch* r = s.state.find(other);
         if (!r || r->name == name) continue;
@@ -1019,8 +1053,9 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
             const std::uint64_t tsize = shim::trampoline_size();
             const std::size_t slots = functions.size() + nops.size();
             const std::uint64_t prev_state_offset = tsize * slots;  // after the trampolines
-            ModuleLayout layout =
-                plan_module_layout(module, prev_state_offset + (calls_prev_state ? shim::prev_state_size() : 0));
+            const std::uint64_t log_offset = prev_state_offset + (calls_prev_state ? shim::prev_state_size() : 0);
+            const std::uint64_t extra_text = log_offset + kGuestLogBufferSize;
+            ModuleLayout layout = plan_module_layout(module, extra_text);
             check_link_formats(module, link_format_facts(*s.kernel));
             s.say("allocating " + std::to_string(layout.total_size()) + " bytes of guest module memory");
             s.stage("loading");
@@ -1055,8 +1090,8 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                         return inner(object, symbol, sympos);
                     };
                 }
-                ModuleImage image =
-                    link_module(module, base, prev_state_offset + (calls_prev_state ? shim::prev_state_size() : 0), facts);
+                ModuleImage image = link_module(module, base, extra_text, facts);
+                patch->log_buffer = base + layout.extra_text_offset + log_offset;
                 if (calls_prev_state) {
                     auto blob = shim::build_prev_state(patch->prev_state, return_thunk_for(*s.kernel, facts, patch->prev_state));
                     std::copy(blob.begin(), blob.end(),
@@ -1124,9 +1159,12 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                 // failure cancels the patch (the post_unpatch callbacks of
                 // the objects whose pre_patch succeeded run) and the load
                 // is undone below.
+                guest_log(s, *patch, "enabling patch '" + name + "' (sha256 " + patch->sha256 + ") from the host");
                 std::string failed;
                 if (int ret = run_callbacks(s, *patch, Callback::PrePatch, &failed); ret != 0) {
                     run_callbacks(s, *patch, Callback::PostUnpatch);
+                    guest_log(s, *patch, "'" + name + "': the " + failed + " failed (" + std::to_string(ret) +
+                                             "): not applied");
                     throw Error(ErrorKind::Guest, "the " + failed + " returned " + std::to_string(ret) +
                                                       errno_name(ret) + ": " + name +
                                                       " is not applied (its memory is freed again)");
@@ -1256,11 +1294,13 @@ OperationReport Patcher::revert(const std::string& name) {
             patch->phase = PatchPhase::Unpatching;
             TransitionPlan plan = plan_unpatching(s.state, name);
             engine.check_sites(plan);
+            s.stage("transition");
+            guest_log(s, *patch, std::string(was_applied ? "disabling" : "reversing") + " patch '" + name +
+                                     "' (sha256 " + patch->sha256 + ") from the host");
             // __klp_disable_patch(): the pre_unpatch callbacks before the
             // transition starts. (Reversing an interrupted apply runs none,
             // as klp_reverse_transition() does not.)
             if (was_applied) {
-                s.stage("transition");
                 run_callbacks(s, *patch, Callback::PreUnpatch);
                 s.freeze();
             }

@@ -35,12 +35,14 @@
 #include <iostream>
 #include <iterator>
 #include <memory>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "patch/livepatch_module.h"
 #include "support/example_patches.h"
 #include "support/run_command.h"
 #include "support/test_guest.h"
@@ -175,6 +177,21 @@ protected:
         for (const auto& l : result) got += l + "\n";
         EXPECT_EQ(got, want);
     }
+    // The guest's kernel log lines of hvpatch since the test started.
+    Lines hvpatch_lines() {
+        std::istringstream in(guest_->run_ok("dmesg"));
+        Lines out;
+        for (std::string line; std::getline(in, line);) {
+            if (auto close = line.find("] "); line.rfind("[", 0) == 0 && close != std::string::npos)
+                line = line.substr(close + 2);
+            if (line.rfind("hvpatch: ", 0) == 0) out.push_back(line);
+        }
+        return out;
+    }
+    static std::string sha256_of_file(const std::string& path) {
+        const std::string bytes = file_contents(path);
+        return sha256_hex(std::as_bytes(std::span(bytes)));
+    }
     // `patch`'s callback lines for the objects loaded in this suite
     // (vmlinux, the target module if `with_target`, test_klp_callbacks_busy).
     static Lines callbacks(const std::string& patch, const std::string& callback, bool with_target = false) {
@@ -207,6 +224,13 @@ TEST_F(KlpSelftestsTest, LivepatchBasicFunctionPatching) {
     revert(kLivepatch);
     EXPECT_EQ(guest_->run_ok("cat /proc/cmdline"), original_cmdline_);
     check_result({"% hvpatch apply test_klp_livepatch", "% hvpatch revert test_klp_livepatch"});
+    // The guest's log also says what the host did (hvpatch's own lines,
+    // where the guest's core would print its "livepatch: ..." ones).
+    const std::string sha = sha256_of_file(ko("lib", kLivepatch));
+    EXPECT_EQ(hvpatch_lines(), (Lines{"hvpatch: enabling patch 'test_klp_livepatch' (sha256 " + sha + ") from the host",
+                                      "hvpatch: 'test_klp_livepatch': patching complete",
+                                      "hvpatch: disabling patch 'test_klp_livepatch' (sha256 " + sha + ") from the host",
+                                      "hvpatch: 'test_klp_livepatch': unpatching complete"}));
 }
 
 TEST_F(KlpSelftestsTest, LivepatchMultipleLivepatches) {
