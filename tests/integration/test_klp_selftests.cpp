@@ -38,6 +38,7 @@
 #include <span>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -176,6 +177,16 @@ protected:
         for (const auto& l : expected) want += l + "\n";
         for (const auto& l : result) got += l + "\n";
         EXPECT_EQ(got, want);
+    }
+    // Polls the guest's kernel log for a line containing `text`.
+    bool wait_for_log(const std::string& text, std::chrono::seconds bound) {
+        const auto deadline = std::chrono::steady_clock::now() + bound;
+        while (std::chrono::steady_clock::now() < deadline) {
+            if (guest_->run("dmesg | grep -qF -e '" + text + "'").status == 0) return true;
+            std::this_thread::sleep_for(500ms);
+        }
+        ADD_FAILURE() << "no line with '" << text << "' in the guest's kernel log within " << bound.count() << " s";
+        return false;
     }
     // The guest's kernel log lines of hvpatch since the test started.
     Lines hvpatch_lines() {
@@ -397,6 +408,40 @@ TEST_F(KlpSelftestsTest, StateIncompatibleCumulativeLivepatches) {
     check_result(join({{"% hvpatch apply test_klp_state2"}, state_patch_lines(kState2, false),
                        {"% hvpatch apply test_klp_state", "% hvpatch revert test_klp_state2"},
                        state_unpatch_lines(kState2)}));
+}
+
+// --- samples/livepatch: the shadow-variable demo --------------------------------
+// livepatch-shadow-mod leaks memory (a dummy allocation every second, each
+// expiring after 12 s); livepatch-shadow-fix1 patches its dummy_alloc and
+// dummy_free to keep the leaked pointer in a shadow variable and free it;
+// livepatch-shadow-fix2, stacked on fix1 (dummy_free is patched by both),
+// adds a shadow counter. Steps 1-4 of the sample's header comment, with
+// hvpatch apply/revert for insmod/disable of the fixes. (The fixes' module
+// exit functions, which free the shadow variables left over, never run
+// under hvpatch: what is left of them stays allocated in the guest.)
+
+TEST_F(KlpSelftestsTest, ShadowVariableSamples) {
+    constexpr const char* kMod = "livepatch_shadow_mod";
+    guest_->put_file("/tmp/livepatch-shadow-mod.ko", file_contents(ko("samples", "livepatch-shadow-mod")));
+    guest_->run_ok("insmod /tmp/livepatch-shadow-mod.ko");
+    ASSERT_TRUE(wait_for_log("dummy_alloc: dummy @", 15s));
+    // Step 2: fix1. Dummies allocated before it leak (no shadow variable);
+    // those allocated under it are freed with their leak.
+    apply("samples", "livepatch-shadow-fix1");
+    EXPECT_TRUE(wait_for_log("livepatch_shadow_fix1: livepatch_fix1_dummy_alloc: dummy @", 15s));
+    EXPECT_TRUE(wait_for_log("livepatch_shadow_fix1: livepatch_fix1_dummy_free: dummy @", 30s));
+    EXPECT_TRUE(wait_for_log("livepatch_shadow_fix1: livepatch_fix1_dummy_leak_dtor: dummy @", 30s));
+    // Step 3: fix2 on top: its dummy_free runs (the newest of the stack) and
+    // reports the counter its dummy_check keeps in a second shadow variable.
+    apply("samples", "livepatch-shadow-fix2");
+    EXPECT_TRUE(wait_for_log("livepatch_shadow_fix2: livepatch_fix2_dummy_free: dummy @", 30s));
+    EXPECT_TRUE(wait_for_log(", check counter = ", 30s));
+    // Step 4: unwind, newest first.
+    revert("livepatch_shadow_fix2");
+    revert("livepatch_shadow_fix1");
+    guest_->run_ok(std::string("rmmod ") + kMod);
+    json st = status();
+    EXPECT_TRUE(st.value("patches", json::array()).empty()) << st.dump();
 }
 
 // Last (tests run in the order of this file).
