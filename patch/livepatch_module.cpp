@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "hvpatch/error.h"
+#include "introspect/code_inspect.h"
 
 namespace hvpatch {
 namespace {
@@ -634,7 +635,86 @@ std::array<bool, 4> LivepatchModule::object_callbacks(Place object, const GuestL
     return found;
 }
 
+const KoSection* LivepatchModule::klp_build_objects() const {
+    if (const KoSection* s = find_section(".init.klp_objects")) return s;
+    return find_section("__klp_objects");
+}
+
+bool LivepatchModule::klp_build_form() const { return klp_build_objects() != nullptr; }
+
+LivepatchModule::Description LivepatchModule::decode_klp_build(const GuestLayouts::Livepatch&) const {
+    // struct klp_object_ext {name; funcs; struct klp_callbacks callbacks
+    // (4 pointers + bool); unsigned int nr_funcs;} and struct klp_func_ext
+    // {old_name; new_func; unsigned long sympos;}: x86-64 layouts.
+    constexpr std::uint64_t kObjectExtSize = 64, kCallbacksOffset = 16, kNrFuncsOffset = 56;
+    constexpr std::uint64_t kFuncExtSize = 24;
+    constexpr std::uint64_t kMaxFuncs = 1 << 16;
+    const KoSection* objects = klp_build_objects();
+    if (objects->type == SHT_NOBITS || objects->size == 0 || objects->size % kObjectExtSize != 0)
+        refuse(path_, objects->name + " (klp-build) holds " + std::to_string(objects->size) +
+                          " bytes, not a whole number of struct klp_object_ext (64 bytes)");
+    Description d;
+    for (std::uint64_t at = 0; at < objects->size; at += kObjectExtSize) {
+        Place o{objects->index, at};
+        Pointer name = read_pointer(o, "klp_object_ext.name at " + describe(o));
+        Pointer funcs = read_pointer({o.section, at + 8}, "klp_object_ext.funcs at " + describe(o));
+        std::string object = name.null ? "" : read_string(name, "klp_object_ext.name at " + describe(o));
+        std::string label = "klp_object_ext '" + (object.empty() ? std::string("vmlinux") : object) + "'";
+        std::array<bool, 4> callbacks{};
+        for (std::size_t i = 0; i < 4; ++i)
+            callbacks[i] = !read_pointer({o.section, at + kCallbacksOffset + 8 * i},
+                                         label + " callbacks." + kKlpCallbackNames[i]).null;
+        if (callbacks[0] || callbacks[1] || callbacks[2] || callbacks[3])
+            throw Error(ErrorKind::Guest, path_ + ": " + label +
+                                              " (klp-build) has callbacks, which hvpatch does not run for this form "
+                                              "yet (they receive the klp_object that only the module's init builds)");
+        const std::uint64_t nr = read_integer({o.section, at + kNrFuncsOffset}, 4, label + " .nr_funcs");
+        if (nr > kMaxFuncs) refuse(path_, label + " has " + std::to_string(nr) + " functions");
+        if (nr == 0 || !funcs.place) refuse(path_, label + " has no functions");
+        const KoSection& fsec = sections_[funcs.place->section];
+        if (funcs.place->offset > fsec.size || (fsec.size - funcs.place->offset) / kFuncExtSize < nr)
+            refuse(path_, label + ": its " + std::to_string(nr) + " klp_func_ext entries run past the end of " + fsec.name);
+        d.objects.push_back({object, o.section, o.offset, callbacks});
+        for (std::uint64_t j = 0; j < nr; ++j) {
+            Place f{funcs.place->section, funcs.place->offset + j * kFuncExtSize};
+            std::string fname = label + " klp_func_ext " + describe(f);
+            Pointer old_name = read_pointer(f, fname + " .old_name");
+            Pointer new_func = read_pointer({f.section, f.offset + 8}, fname + " .new_func");
+            if (old_name.null || new_func.null) refuse(path_, fname + " has no old_name or no new_func");
+            PatchedFunction pf;
+            pf.object = object;
+            pf.old_name = read_string(old_name, fname + " .old_name");
+            pf.old_sympos = read_integer({f.section, f.offset + 16}, 8, fname + " .sympos");
+            pf.has_klp_func = false;
+            pf.new_func = new_func.place ? symbol_at(*new_func.place) : new_func.external;
+            d.functions.push_back(std::move(pf));
+        }
+    }
+    return d;
+}
+
+bool LivepatchModule::klp_build_replace(const GuestLayouts::Livepatch& L) const {
+    // The init stores `patch->replace = true` into the kzalloc'ed klp_patch:
+    // a byte store of an immediate at klp_patch.replace's offset.
+    const KoSymbol* init = find_symbol("init_module");
+    if (!init || init->shndx == 0 || init->shndx >= sections_.size() || L.patch.replace.size != 1) return true;
+    auto code = section_data(init->shndx);
+    if (init->value > code.size() || code.size() - init->value < init->size) return true;
+    for (const auto& insn : hvpatch::decode(code.subspan(init->value, init->size), 0, 4096)) {
+        if (insn.mnemonic != "mov" || insn.opcode[0] != 0xc6 || insn.imm_size != 1 || insn.disp_size == 0) continue;
+        std::int64_t disp = 0;
+        for (std::size_t i = insn.disp_size; i-- > 0;)
+            disp = (disp << 8) | std::to_integer<std::uint8_t>(insn.bytes[insn.disp_offset + i]);
+        if (insn.disp_size == 1) disp = static_cast<std::int8_t>(disp);
+        if (insn.disp_size == 4) disp = static_cast<std::int32_t>(disp);
+        if (disp == static_cast<std::int64_t>(L.patch.replace.offset))
+            return std::to_integer<std::uint8_t>(insn.bytes[insn.imm_offset]) != 0;
+    }
+    return false;  // built with KLP_NO_REPLACE: nothing stored, kzalloc's zero stays
+}
+
 bool LivepatchModule::replaces(const GuestLayouts::Livepatch& L) const {
+    if (klp_build_form()) return klp_build_replace(L);
     if (L.patch.replace.size == 0) return false;
     Place patch = find_klp_patch(L);
     return read_integer({patch.section, patch.offset + L.patch.replace.offset}, L.patch.replace.size,
@@ -651,7 +731,8 @@ std::vector<PatchObject> LivepatchModule::patch_objects(const GuestLayouts::Live
 
 std::vector<PatchState> LivepatchModule::patch_states(const GuestLayouts::Livepatch& L) const {
     std::vector<PatchState> out;
-    if (L.patch.states.size != 8 || L.state.size == 0) return out;
+    // klp-build's init sets no states ("TODO patch->states" in init.c).
+    if (L.patch.states.size != 8 || L.state.size == 0 || klp_build_form()) return out;
     Place patch = find_klp_patch(L);
     Pointer states = read_pointer({patch.section, patch.offset + L.patch.states.offset}, "klp_patch.states");
     if (states.null) return out;
@@ -674,6 +755,7 @@ std::vector<PatchState> LivepatchModule::patch_states(const GuestLayouts::Livepa
 }
 
 LivepatchModule::Description LivepatchModule::decode(const GuestLayouts::Livepatch& L) const {
+    if (klp_build_form()) return decode_klp_build(L);
     if (L.object.size == 0 || L.func.size == 0 || L.patch.size == 0)
         throw Error(ErrorKind::Internal, "decoding klp_patch: livepatch layouts are empty");
     Place patch = find_klp_patch(L);

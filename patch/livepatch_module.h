@@ -130,6 +130,9 @@ struct PatchedFunction {
     // patch code that calls the old function through it.
     std::size_t func_section = 0;
     std::uint64_t func_offset = 0;
+    // False for a klp-build module: its klp_func exists only once its init
+    // has built it, so there is no old_func to fill in.
+    bool has_klp_func = true;
     // What is patched, not where the description lies.
     bool operator==(const PatchedFunction& o) const {
         return object == o.object && old_name == o.old_name && old_sympos == o.old_sympos && new_func == o.new_func;
@@ -231,6 +234,16 @@ public:
     std::vector<PatchState> patch_states(const GuestLayouts::Livepatch& layouts) const;
     // Where the klp_patch lies: "<symbol>" or "<section>+0x<offset>".
     std::string klp_patch_location(const GuestLayouts::Livepatch& layouts) const;
+    // A module in klp-build's form (Linux 6.19+, scripts/livepatch/init.c):
+    // no static klp_patch, but `.init.klp_objects` (earlier `__klp_objects`)
+    // with struct klp_object_ext[] pointing at struct klp_func_ext[]
+    // (include/linux/livepatch_external.h: fixed layouts, 64 and 24 bytes),
+    // which its init turns into a klp_patch. Decoded from those; replace is
+    // what the init stores into klp_patch.replace (klp-build's default
+    // true; --no-replace builds store nothing, kzalloc left it false).
+    // Callbacks of that form are refused for now (hvpatch would have to
+    // build the klp_object they receive).
+    bool klp_build_form() const;
     // klp_patch.replace: an atomic-replace (cumulative) patch. Callbacks and
     // system states, which hvpatch does not act on yet, are refused by
     // patched_functions(); replace is decided by the caller, which knows
@@ -263,6 +276,9 @@ private:
         std::vector<PatchObject> objects;
     };
     Description decode(const GuestLayouts::Livepatch& layouts) const;
+    Description decode_klp_build(const GuestLayouts::Livepatch& layouts) const;
+    const KoSection* klp_build_objects() const;
+    bool klp_build_replace(const GuestLayouts::Livepatch& layouts) const;
 
     std::string path_;
     std::string bytes_;

@@ -1108,6 +1108,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                 // may call the old function through it (example 3 does).
                 const auto& func_layout = L.func;
                 for (std::size_t i = 0; i < functions.size(); ++i) {
+                    if (!wanted[i].has_klp_func) continue;  // klp-build: no klp_func in the module
                     auto section = image.layout.section_offset.find(wanted[i].func_section);
                     if (section == image.layout.section_offset.end())
                         throw Error(ErrorKind::Guest, "klp_func of " + wanted[i].old_name + " is in a section hvpatch does not load");

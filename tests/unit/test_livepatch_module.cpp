@@ -15,6 +15,7 @@
 #include <list>
 #include <span>
 #include <stdexcept>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -467,6 +468,101 @@ TEST(LivepatchModule, RefusesAModuleWithoutKlpPatch) {
         ADD_FAILURE() << "no klp_patch, but patched_functions succeeded";
     } catch (const Error& e) {
         EXPECT_THAT(e.what(), HasSubstr("no klp_patch found"));
+    }
+}
+
+// klp-build's form (Linux 6.19+): .init.klp_objects / .init.klp_funcs and
+// an init that builds the klp_patch. `replace_store`: the init's byte store
+// into klp_patch.replace (absent: built with --no-replace); `callbacks`:
+// a pre_patch callback in the vmlinux object.
+void write_klp_build_module(const std::string& path, std::optional<std::uint8_t> replace_store, bool callbacks = false,
+                            const std::string& objects_section = ".init.klp_objects") {
+    ElfWriter w;
+    std::size_t text = w.add_section({".text", SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, std::string(48, '\xcc'), 16});
+    std::string strings = std::string("vmlinux_fn\0ext4_fn\0ext4\0", 24);
+    std::size_t rodata = w.add_section({".rodata.str1.1", SHT_PROGBITS, SHF_ALLOC | SHF_MERGE | SHF_STRINGS, strings, 1, 1});
+    w.add_section({".modinfo", SHT_PROGBITS, SHF_ALLOC, modinfo(), 1});
+    // init_module: mov %rax <- kzalloc'ed patch ...; movb $N, 0x48(%rax); ret
+    std::string init = "\x48\x31\xc0";  // xor rax, rax (stands for the kzalloc)
+    if (replace_store) init += std::string("\xc6\x40\x48", 3) + static_cast<char>(*replace_store);
+    init += "\xc3";
+    std::size_t init_text = w.add_section({".init.text", SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, init, 16});
+    std::string ext(128, '\0');  // struct klp_object_ext[2]; pointers through relocations below
+    ext[56] = 2;                 // vmlinux: 2 functions
+    ext[64 + 56] = 1;            // ext4: 1
+    std::size_t objs = w.add_section({objects_section, SHT_PROGBITS, SHF_ALLOC | SHF_WRITE, ext, 8});
+    std::string funcs(72, '\0');  // struct klp_func_ext[3]
+    funcs[48 + 16] = 2;           // ext4_fn sympos 2
+    std::size_t fsec = w.add_section({".init.klp_funcs", SHT_PROGBITS, SHF_ALLOC | SHF_WRITE, funcs, 8});
+    std::size_t mod = w.add_section({".gnu.linkonce.this_module", SHT_PROGBITS, SHF_ALLOC | SHF_WRITE, std::string(64, '\0'), 64});
+    std::uint32_t text_sym = w.section_symbol(text);
+    std::uint32_t ro_sym = w.section_symbol(rodata);
+    std::uint32_t funcs_sym = w.section_symbol(fsec);
+    w.add_symbol("new_a", 0, 16, STT_FUNC, STB_LOCAL, text);
+    w.add_symbol("new_b", 16, 16, STT_FUNC, STB_LOCAL, text);
+    w.add_symbol("new_c", 32, 16, STT_FUNC, STB_LOCAL, text);
+    w.add_symbol("init_module", 0, init.size(), STT_FUNC, STB_GLOBAL, init_text);
+    w.add_symbol("__this_module", 0, 64, STT_OBJECT, STB_GLOBAL, mod);
+    // objects[0]: vmlinux, funcs -> .init.klp_funcs+0 (2); objects[1]: "ext4", funcs -> +48 (1)
+    w.add_rela(objs, 8, R_X86_64_64, funcs_sym, 0);
+    w.add_rela(objs, 64, R_X86_64_64, ro_sym, 19);
+    w.add_rela(objs, 64 + 8, R_X86_64_64, funcs_sym, 48);
+    if (callbacks) w.add_rela(objs, 16, R_X86_64_64, text_sym, 32);
+    // funcs: {"vmlinux_fn", new_a, 0}, {"vmlinux_fn", new_c, 0}, {"ext4_fn", new_b, 2}
+    w.add_rela(fsec, 0, R_X86_64_64, ro_sym, 0);
+    w.add_rela(fsec, 8, R_X86_64_64, text_sym, 0);
+    w.add_rela(fsec, 24, R_X86_64_64, ro_sym, 0);
+    w.add_rela(fsec, 32, R_X86_64_64, text_sym, 32);
+    w.add_rela(fsec, 48, R_X86_64_64, ro_sym, 11);
+    w.add_rela(fsec, 56, R_X86_64_64, text_sym, 16);
+    w.write(path);
+}
+
+GuestLayouts::Livepatch klp_build_layouts() {
+    GuestLayouts::Livepatch L = test_layouts();
+    L.patch.size = 0x50;
+    L.patch.replace = {0x48, 1, "replace"};
+    return L;
+}
+
+TEST(LivepatchModule, ReadsTheKlpBuildForm) {
+    TempFile f;
+    write_klp_build_module(f.path(), 1);
+    auto m = LivepatchModule::open(f.path());
+    EXPECT_TRUE(m.klp_build_form());
+    auto funcs = m.patched_functions(klp_build_layouts());
+    ASSERT_EQ(funcs.size(), 3u);
+    EXPECT_EQ(funcs[0], (PatchedFunction{"", "vmlinux_fn", 0, "new_a"}));
+    EXPECT_EQ(funcs[1], (PatchedFunction{"", "vmlinux_fn", 0, "new_c"}));
+    EXPECT_EQ(funcs[2], (PatchedFunction{"ext4", "ext4_fn", 2, "new_b"}));
+    EXPECT_FALSE(funcs[0].has_klp_func) << "no klp_func to fill old_func in";
+    EXPECT_EQ(m.patch_objects(klp_build_layouts()).size(), 2u);
+    EXPECT_TRUE(m.patch_states(klp_build_layouts()).empty());
+    EXPECT_TRUE(m.replaces(klp_build_layouts())) << "klp-build's default: the init stores replace = true";
+}
+
+TEST(LivepatchModule, KlpBuildNoReplaceAndTheOlderSectionName) {
+    TempFile f;
+    write_klp_build_module(f.path(), std::nullopt, false, "__klp_objects");
+    auto m = LivepatchModule::open(f.path());
+    EXPECT_TRUE(m.klp_build_form());
+    EXPECT_FALSE(m.replaces(klp_build_layouts())) << "--no-replace: the init stores nothing";
+    EXPECT_EQ(m.patched_functions(klp_build_layouts()).size(), 3u);
+    TempFile zero;
+    write_klp_build_module(zero.path(), 0);
+    EXPECT_FALSE(LivepatchModule::open(zero.path()).replaces(klp_build_layouts()));
+}
+
+TEST(LivepatchModule, KlpBuildCallbacksAreRefusedNotIgnored) {
+    TempFile f;
+    write_klp_build_module(f.path(), 1, /*callbacks=*/true);
+    auto m = LivepatchModule::open(f.path());
+    try {
+        m.patched_functions(klp_build_layouts());
+        ADD_FAILURE() << "callbacks of the klp-build form were accepted";
+    } catch (const Error& e) {
+        EXPECT_THAT(e.what(), HasSubstr("klp_object_ext 'vmlinux' (klp-build) has callbacks"));
+        EXPECT_EQ(e.kind(), ErrorKind::Guest);
     }
 }
 
