@@ -107,7 +107,7 @@ public:
         const FleetTarget& t = targets_[index];
         // The pass number is left out: a transition that waits for the same
         // blocker prints one line, not one per pass.
-        std::string key = std::to_string(static_cast<int>(t.phase)) + "|" + t.stage + "|" + t.direction + "|" +
+        std::string key = std::to_string(static_cast<int>(t.phase)) + "|" + (t.stage ? std::string(to_string(*t.stage)) : std::string()) + "|" + t.direction + "|" +
                           std::to_string(t.remaining) + "|" + first_blocker(t);
         if (key == last_keys_[index]) return;
         last_keys_[index] = key;

@@ -173,7 +173,7 @@ void print_operation(const OperationReport& r, bool json) {
         return;
     }
     std::printf("%s %s: %s in %s (%d passes, %d freezes, guest paused %s in total in %d stops, longest %s)\n",
-                r.operation.c_str(), r.patch_name.c_str(), r.outcome.c_str(), milliseconds(r.total_time).c_str(),
+                r.operation.c_str(), r.patch_name.c_str(), std::string(to_string(r.outcome)).c_str(), milliseconds(r.total_time).c_str(),
                 r.passes, r.freezes, milliseconds(r.paused_total).c_str(), r.stops,
                 milliseconds(r.paused_max).c_str());
     for (const auto& f : r.functions)

@@ -101,22 +101,18 @@ bool outcome_ok(TargetOutcome outcome) {
            outcome == TargetOutcome::AlreadyApplied || outcome == TargetOutcome::NotApplied;
 }
 
-bool stage_changes_guest(const std::string& stage) {
-    return stage == "loading" || stage == "transition" || stage == "freeing";
-}
-
 void apply_event(FleetTarget& t, const ProgressEvent& e) {
     switch (e.type) {
         case ProgressEvent::Type::Stage:
-            if (e.stage == "already-applied" || e.stage == "not-applied") {
+            if (is_verdict(e.stage)) {
                 t.verdict = e.stage;
                 return;
             }
             t.stage = e.stage;
-            if (stage_changes_guest(e.stage)) t.changed_guest = true;
+            if (changes_guest(e.stage)) t.changed_guest = true;
             return;
         case ProgressEvent::Type::Pass:
-            t.stage = "transition";
+            t.stage = OperationStage::Transition;
             t.changed_guest = true;
             t.direction = e.direction;
             t.pass = e.pass;
@@ -180,9 +176,9 @@ void finish_target(FleetTarget& t, FleetVerb verb, const ChildExit& child) {
         t.outcome = TargetOutcome::Failed;
         return;
     }
-    if (verb == FleetVerb::Apply && t.verdict == "already-applied") {
+    if (verb == FleetVerb::Apply && t.verdict == OperationStage::AlreadyApplied) {
         t.outcome = TargetOutcome::AlreadyApplied;
-    } else if (verb == FleetVerb::Revert && t.verdict == "not-applied") {
+    } else if (verb == FleetVerb::Revert && t.verdict == OperationStage::NotApplied) {
         t.outcome = TargetOutcome::NotApplied;
     } else if (error && !t.changed_guest && t.error_kind == "guest") {
         t.outcome = TargetOutcome::Skipped;
@@ -206,8 +202,8 @@ std::string state_label(const FleetTarget& t) {
         case FleetTarget::Phase::Done: return to_string(t.outcome);
         case FleetTarget::Phase::Running: break;
     }
-    if (t.stage == "transition" && t.pass > 0) return t.direction + " pass " + std::to_string(t.pass);
-    return t.stage.empty() ? "opening" : t.stage;
+    if (t.stage == OperationStage::Transition && t.pass > 0) return t.direction + " pass " + std::to_string(t.pass);
+    return t.stage ? std::string(to_string(*t.stage)) : "opening";
 }
 
 std::string first_blocker(const FleetTarget& t) {
@@ -255,7 +251,7 @@ std::vector<std::string> render_table(const std::vector<FleetTarget>& targets, s
     for (std::size_t i = 0; i < targets.size(); ++i) {
         if (!shown[i]) continue;
         const FleetTarget& t = targets[i];
-        const bool in_transition = t.phase == FleetTarget::Phase::Running && t.stage == "transition" && t.pass > 0;
+        const bool in_transition = t.phase == FleetTarget::Phase::Running && t.stage == OperationStage::Transition && t.pass > 0;
         std::string tasks = in_transition ? std::to_string(t.remaining) + "/" + std::to_string(t.tasks) : "-";
         std::string elapsed = t.phase == FleetTarget::Phase::Queued ? "-" : seconds(t.elapsed);
         // A finished target shows why (a failure, a forced switch), not who
@@ -278,7 +274,7 @@ std::vector<std::string> render_table(const std::vector<FleetTarget>& targets, s
 
 std::string progress_line(const FleetTarget& t) {
     std::string line = printable(t.target) + ": " + state_label(t);
-    if (t.phase == FleetTarget::Phase::Running && t.stage == "transition" && t.pass > 0) {
+    if (t.phase == FleetTarget::Phase::Running && t.stage == OperationStage::Transition && t.pass > 0) {
         line += ", " + std::to_string(t.remaining) + " of " + std::to_string(t.tasks) + " tasks left";
         if (std::string b = first_blocker(t); !b.empty()) line += " (" + b + ")";
     }

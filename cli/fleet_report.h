@@ -52,13 +52,13 @@ struct FleetTarget {
     std::chrono::milliseconds elapsed{0};  // since its child started (kept current by the caller)
 
     // From the progress events.
-    std::string stage;  // last stage ("opening" once started)
+    std::optional<OperationStage> stage;  // last stage (none yet: "opening" once started)
     std::string direction;  // of the last pass: patching / unpatching
     int pass = 0;
     std::size_t tasks = 0, remaining = 0;
     std::vector<ProgressEvent::Blocker> blockers;  // of the last pass
     bool changed_guest = false;  // a stage that changes the guest (or a pass) was seen
-    std::string verdict;         // "already-applied" / "not-applied" when the child said so
+    std::optional<OperationStage> verdict;  // AlreadyApplied / NotApplied when the child said so
     std::string last_log;
 
     // Once done.
@@ -71,9 +71,6 @@ struct FleetTarget {
     nlohmann::json report;  // the child's --json document (null if none)
     std::vector<ProgressEvent::Blocker> final_blockers;  // blocked at the first pass, else at the last
 };
-
-// Stage names (PatchOptions::stage) that mean the guest is being changed.
-bool stage_changes_guest(const std::string& stage);
 
 void apply_event(FleetTarget& target, const ProgressEvent& event);
 

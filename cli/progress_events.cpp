@@ -43,8 +43,8 @@ void write_line(int fd, std::string line) {
 
 }  // namespace
 
-std::string stage_event_line(std::string_view stage) {
-    return dump({{"event", "stage"}, {"stage", stage}});
+std::string stage_event_line(OperationStage stage) {
+    return dump({{"event", "stage"}, {"stage", to_string(stage)}});
 }
 
 std::string pass_event_line(const TransitionProgress& p) {
@@ -86,8 +86,10 @@ std::optional<ProgressEvent> parse_progress_event(std::string_view line) {
     if (!event) return std::nullopt;
     ProgressEvent e;
     if (*event == "stage") {
-        auto stage = text("stage");
-        if (!stage || stage->empty()) return std::nullopt;
+        auto name = text("stage");
+        if (!name) return std::nullopt;
+        auto stage = operation_stage_from_string(*name);
+        if (!stage) return std::nullopt;  // a stage this hvpatch does not know
         e.type = ProgressEvent::Type::Stage;
         e.stage = *stage;
         return e;
@@ -136,7 +138,7 @@ std::optional<ProgressEvent> parse_progress_event(std::string_view line) {
 
 void add_progress_events(PatchOptions& options, int fd) {
     std::signal(SIGPIPE, SIG_IGN);
-    options.stage = [fd, previous = options.stage](std::string_view stage) {
+    options.stage = [fd, previous = options.stage](OperationStage stage) {
         if (previous) previous(stage);
         write_line(fd, stage_event_line(stage));
     };

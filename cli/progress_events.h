@@ -21,7 +21,7 @@ namespace hvpatch::cli {
 
 struct ProgressEvent {
     enum class Type { Stage, Pass, Log } type = Type::Log;
-    std::string stage;  // Stage
+    OperationStage stage = OperationStage::Checking;  // Stage
     // Pass: as TransitionProgress, blockers without their stacks.
     std::string direction;
     int pass = 0;
@@ -36,7 +36,7 @@ struct ProgressEvent {
 };
 
 // One line (without its '\n') per event.
-std::string stage_event_line(std::string_view stage);
+std::string stage_event_line(OperationStage stage);
 std::string pass_event_line(const TransitionProgress& progress);
 std::string log_event_line(std::string_view text);
 

@@ -168,7 +168,7 @@ struct Patcher::Session {
     void say(const std::string& text) const {
         if (options.log) options.log(text);
     }
-    void stage(std::string_view name) const {
+    void stage(OperationStage name) const {
         if (options.stage) options.stage(name);
     }
 
@@ -957,7 +957,7 @@ void audit_success(Patcher::Session& s, OperationReport& report, json& record, C
     report.paused_total = stops.total;
     report.paused_max = stops.longest;
     report.total_time = Clock::now() - t0;
-    record["outcome"] = report.outcome;
+    record["outcome"] = to_string(report.outcome);
     record["functions"] = functions_json(report.functions);
     record["passes"] = report.passes;
     record["blockers"] = blockers_json(report.first_blockers);
@@ -973,7 +973,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
     OperationReport report;
     report.operation = "apply";
     json record = s.audit_base(resume ? "apply --resume" : "apply");
-    s.stage("checking");
+    s.stage(OperationStage::Checking);
     bool touched = false;
     AppliedPatch* patch = nullptr;
     // The file, also for a refusal of one that cannot be opened (not an ELF).
@@ -985,7 +985,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
         report.sha256 = module.sha256();
         record["patch"] = {{"name", name}, {"sha256", module.sha256()}, {"path", module_path}};
         patch = s.state.find(name);
-        if (patch && !resume && patch->phase == PatchPhase::Applied) s.stage("already-applied");
+        if (patch && !resume && patch->phase == PatchPhase::Applied) s.stage(OperationStage::AlreadyApplied);
         if (patch && !resume)
             throw Error(ErrorKind::Usage, "patch " + name + " is already on " + s.id.target + " (" +
                                               to_string(patch->phase) + ")" +
@@ -999,7 +999,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
         if (std::string why = unfinished_transition(s.state, name); !why.empty()) throw Error(ErrorKind::Guest, why);
         if (patch && patch->phase == PatchPhase::Loading) {
             s.say("an interrupted load left guest memory at " + hex(patch->base) + ": freeing it, then starting over");
-            s.stage("loading");
+            s.stage(OperationStage::Loading);
             free_patch(s, *patch);
             patch = nullptr;
         }
@@ -1058,7 +1058,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
             ModuleLayout layout = plan_module_layout(module, extra_text);
             check_link_formats(module, link_format_facts(*s.kernel));
             s.say("allocating " + std::to_string(layout.total_size()) + " bytes of guest module memory");
-            s.stage("loading");
+            s.stage(OperationStage::Loading);
             std::uint64_t base = s.call().allocate_module_memory(layout.total_size());
             s.after_call();
             touched = true;
@@ -1181,7 +1181,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                 TransitionEngine first{s};
                 first.check_sites(plan);
                 s.save(*patch);
-                s.stage("transition");
+                s.stage(OperationStage::Transition);
                 first.redirect(plan);
             } catch (...) {
                 IgnoreInterrupts ignore;
@@ -1192,7 +1192,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                 throw;
             }
         } else {
-            s.stage("transition");  // resumed: an earlier run left the patch mid-transition
+            s.stage(OperationStage::Transition);  // resumed: an earlier run left the patch mid-transition
         }
         report.base = patch->base;
         report.size = patch->size;
@@ -1202,14 +1202,14 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
         TransitionPlan plan = plan_patching(s.state, name);
         engine.redirect(plan);  // resumed: whatever the interrupted run had not written yet
         TransitionPass pass = engine.converge(plan, Clock::now() + options_.timeout);
-        report.outcome = "applied";
+        report.outcome = OperationOutcome::Applied;
         if (!pass.complete()) {
             if (options_.force_switch) {
                 s.say("--force: switching " + std::to_string(pass.remaining) + " blocked task(s): " +
                       describe_blockers(pass.blockers));
                 pass = engine.force(plan);
                 report.forced = pass.blockers;
-                report.outcome = "forced";
+                report.outcome = OperationOutcome::Forced;
             } else {
                 std::string why = "not every task switched within " + std::to_string(options_.timeout.count()) +
                                   " ms: " + describe_blockers(pass.blockers);
@@ -1225,10 +1225,10 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                                                         describe_blockers(undone.blockers) +
                                                         "); state kept: run hvpatch revert " + name);
                 finish_unpatch(s, engine, back, *patch, Clock::now() + options_.timeout);
-                report.outcome = "rolled-back";
+                report.outcome = OperationOutcome::RolledBack;
                 report.passes = engine.passes;
                 record["functions"] = functions_json(report.functions);
-                record["outcome"] = "rolled-back";
+                record["outcome"] = to_string(OperationOutcome::RolledBack);
                 record["error"] = why;
                 s.thaw();
                 s.audit(record);
@@ -1257,14 +1257,15 @@ OperationReport Patcher::revert(const std::string& name) {
     Session s(machine_, options_, "revert", true);
     OperationReport report;
     report.operation = "revert";
+    report.outcome = OperationOutcome::Reverted;
     report.patch_name = name;
     json record = s.audit_base("revert");
     record["patch"] = {{"name", name}};
-    s.stage("checking");
+    s.stage(OperationStage::Checking);
     try {
         AppliedPatch* patch = s.state.find(name);
         if (!patch) {
-            s.stage("not-applied");
+            s.stage(OperationStage::NotApplied);
             if (s.stale && s.stale->find(name))
                 throw Error(ErrorKind::Guest, "the record of " + name + " on " + s.id.target +
                                                   " is from an earlier boot of the guest: nothing of it is in the running kernel");
@@ -1280,7 +1281,7 @@ OperationReport Patcher::revert(const std::string& name) {
         report.functions = patch->functions;
         TransitionEngine engine{s};
         if (patch->phase == PatchPhase::Loading || patch->phase == PatchPhase::Freeing) {
-            s.stage("freeing");
+            s.stage(OperationStage::Freeing);
             free_patch(s, *patch);
         } else {
             if (std::string why = unfinished_transition(s.state, name); !why.empty()) throw Error(ErrorKind::Guest, why);
@@ -1295,7 +1296,7 @@ OperationReport Patcher::revert(const std::string& name) {
             patch->phase = PatchPhase::Unpatching;
             TransitionPlan plan = plan_unpatching(s.state, name);
             engine.check_sites(plan);
-            s.stage("transition");
+            s.stage(OperationStage::Transition);
             guest_log(s, *patch, std::string(was_applied ? "disabling" : "reversing") + " patch '" + name +
                                      "' (sha256 " + patch->sha256 + ") from the host");
             // __klp_disable_patch(): the pre_unpatch callbacks before the
@@ -1306,17 +1307,17 @@ OperationReport Patcher::revert(const std::string& name) {
                 s.freeze();
             }
             s.save(*patch);
-            s.stage("transition");
+            s.stage(OperationStage::Transition);
             engine.redirect(plan);
             TransitionPass pass = engine.converge(plan, Clock::now() + options_.timeout);
-            report.outcome = "reverted";
+            report.outcome = OperationOutcome::Reverted;
             if (!pass.complete()) {
                 if (options_.force_switch) {
                     s.say("--force: switching " + std::to_string(pass.remaining) + " blocked task(s): " +
                           describe_blockers(pass.blockers));
                     pass = engine.force(plan);
                     report.forced = pass.blockers;
-                    report.outcome = "forced";
+                    report.outcome = OperationOutcome::Forced;
                 } else {
                     std::string why = "not every task switched back within " +
                                       std::to_string(options_.timeout.count()) + " ms: " + describe_blockers(pass.blockers);
@@ -1343,7 +1344,6 @@ OperationReport Patcher::revert(const std::string& name) {
             finish_unpatch(s, engine, plan, *patch, Clock::now() + options_.timeout);
         }
         s.thaw();
-        if (report.outcome.empty()) report.outcome = "reverted";
         report.passes = engine.passes;
         report.first_blockers = engine.first_blockers;
         report.transition_time = engine.time;
@@ -1557,7 +1557,7 @@ nlohmann::json OperationReport::to_json() const {
     return {{"operation", operation},
             {"patch", patch_name},
             {"sha256", sha256},
-            {"outcome", outcome},
+            {"outcome", to_string(outcome)},
             {"functions", fs},
             {"memory", {{"base", hex(base)}, {"size", size}}},
             {"passes", passes},

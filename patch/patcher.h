@@ -28,6 +28,7 @@
 
 #include "hvpatch/machine.h"
 #include "patch/applied_state.h"
+#include "patch/operation_stage.h"
 #include "patch/transition.h"
 
 namespace hvpatch {
@@ -52,17 +53,13 @@ struct PatchOptions {
     std::chrono::milliseconds signal_after{15000};
     std::function<void(const TransitionProgress&)> progress;
     std::function<void(const std::string&)> log;  // step messages for people
-    // Where an apply or revert is, for a caller that shows it or must tell
-    // a refusal from a failure (fleet): "checking" (the guest's kernel is
-    // open; nothing changed yet), then the first step that changes the
-    // guest: "loading" (apply: allocating module memory), "transition"
-    // (entries about to point at the trampolines; revert: back at them) or
-    // "freeing" (revert of a patch left loading/freeing). Two verdicts
-    // come just before the refusal they explain: "already-applied" (apply
-    // of a patch that is applied) and "not-applied" (revert of a name not
-    // recorded for this boot). Nothing was changed in the guest before the
+    // Where an apply or revert is (operation_stage.h), for a caller that
+    // shows it or must tell a refusal from a failure (fleet): Checking, then
+    // the first stage that changes the guest (Loading, Transition or
+    // Freeing); the verdicts AlreadyApplied / NotApplied come just before
+    // the refusal they explain. Nothing was changed in the guest before the
     // first changing stage.
-    std::function<void(std::string_view)> stage;
+    std::function<void(OperationStage)> stage;
     // For benchmarks and tests: called once per apply or revert while the
     // guest runs with every redirection on its trampoline, after the
     // transition converged and before the final freeze. Not for operators.
@@ -98,7 +95,7 @@ struct CheckReport {
 struct OperationReport {
     std::string operation;  // apply / revert
     std::string patch_name, sha256;
-    std::string outcome;    // applied / reverted / rolled-back / forced
+    OperationOutcome outcome = OperationOutcome::Applied;
     std::vector<RedirectedFunction> functions;
     // freezes: consistent-view steps; stops, paused_total, paused_max: every
     // time the guest was stopped (Machine::stop_stats), more than the

@@ -404,7 +404,7 @@ TEST_F(PatchApplyTest, WithARecordStoreTheStateLivesThereAndAFreshHvpatchReverts
         MachineWithRecordStore machine(open_machine(guest_->target()), records);
         OperationReport applied = Patcher(machine, options_for(first_dir)).apply(
             example_patch_ko(Example::Cmdline, guest_->release()));
-        EXPECT_EQ(applied.outcome, "applied");
+        EXPECT_EQ(applied.outcome, OperationOutcome::Applied);
     }
     EXPECT_EQ(guest_->run_ok(std::string(kCmdlineOracle)), kCmdlinePatchedOutput);
     ASSERT_TRUE(records.element);
@@ -429,7 +429,7 @@ TEST_F(PatchApplyTest, WithARecordStoreTheStateLivesThereAndAFreshHvpatchReverts
         EXPECT_EQ(status.patches[0].patch.phase, PatchPhase::Applied);
         ASSERT_EQ(status.patches[0].functions.size(), 1u);
         EXPECT_EQ(status.patches[0].functions[0].entry_now, "direct");
-        EXPECT_EQ(patcher.revert("livepatch_cmdline").outcome, "reverted");
+        EXPECT_EQ(patcher.revert("livepatch_cmdline").outcome, OperationOutcome::Reverted);
     }
     EXPECT_FALSE(records.element) << "the record is removed with the last patch";
     EXPECT_EQ(guest_->run_ok(std::string(kCmdlineOracle)), original);

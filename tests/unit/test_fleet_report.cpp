@@ -55,9 +55,9 @@ TEST(ProgressEvents, PassRoundTrips) {
 }
 
 TEST(ProgressEvents, StageAndLogRoundTrip) {
-    ProgressEvent s = event(stage_event_line("loading"));
+    ProgressEvent s = event(stage_event_line(OperationStage::Loading));
     EXPECT_EQ(s.type, ProgressEvent::Type::Stage);
-    EXPECT_EQ(s.stage, "loading");
+    EXPECT_EQ(s.stage, OperationStage::Loading);
     ProgressEvent l = event(log_event_line("allocating 12288 bytes\nof guest module memory"));
     EXPECT_EQ(l.type, ProgressEvent::Type::Log);
     EXPECT_EQ(l.text, "allocating 12288 bytes\nof guest module memory");
@@ -76,7 +76,7 @@ TEST(ProgressEvents, InvalidGuestTextIsReplacedNotThrown) {
 TEST(ProgressEvents, MalformedLinesAreNotEvents) {
     for (const char* line : {
              "", "not json", "[1,2]", "{\"event\":1}", "{\"event\":\"nonsense\"}", "{\"event\":\"stage\"}",
-             "{\"event\":\"stage\",\"stage\":\"\"}", "{\"event\":\"log\",\"text\":7}",
+             "{\"event\":\"stage\",\"stage\":\"\"}", "{\"event\":\"stage\",\"stage\":\"dancing\"}", "{\"event\":\"log\",\"text\":7}",
              R"({"event":"pass","direction":"patching","pass":1,"tasks":2,"remaining":3,"elapsed_ms":0})",
              R"({"event":"pass","direction":"patching","pass":-1,"tasks":2,"remaining":1,"elapsed_ms":0})",
              R"({"event":"pass","direction":"patching","pass":1,"tasks":2,"remaining":1,"elapsed_ms":0.5})",
@@ -129,7 +129,7 @@ json apply_doc(const std::string& outcome = "applied") {
 
 TEST(FleetClassify, SuccessDocumentIsApplied) {
     FleetTarget t = running();
-    feed(t, {stage_event_line("checking"), stage_event_line("loading"), stage_event_line("transition"),
+    feed(t, {stage_event_line(OperationStage::Checking), stage_event_line(OperationStage::Loading), stage_event_line(OperationStage::Transition),
              pass_event_line(sample_progress())});
     finish_target(t, FleetVerb::Apply, exited(0, apply_doc()));
     EXPECT_EQ(t.outcome, TargetOutcome::Applied);
@@ -164,7 +164,7 @@ TEST(FleetClassify, RevertDocumentIsReverted) {
 
 TEST(FleetClassify, GuestRefusalBeforeAnyChangeIsSkipped) {
     FleetTarget t = running();
-    feed(t, {stage_event_line("checking")});
+    feed(t, {stage_event_line(OperationStage::Checking)});
     const std::string why = "/p/x.ko: vermagic '6.1.0-56-amd64 SMP' is for kernel 6.1.0-56-amd64, the guest runs 6.1.0-56-cloud-amd64";
     finish_target(t, FleetVerb::Apply, exited(4, error_doc("guest", why), "hvpatch: error: " + why + "\n"));
     EXPECT_EQ(t.outcome, TargetOutcome::Skipped);
@@ -174,12 +174,12 @@ TEST(FleetClassify, GuestRefusalBeforeAnyChangeIsSkipped) {
 }
 
 TEST(FleetClassify, GuestErrorAfterTheGuestChangedIsFailed) {
-    for (const char* stage : {"loading", "transition", "freeing"}) {
+    for (OperationStage stage : {OperationStage::Loading, OperationStage::Transition, OperationStage::Freeing}) {
         FleetTarget t = running();
-        feed(t, {stage_event_line("checking"), stage_event_line(stage)});
+        feed(t, {stage_event_line(OperationStage::Checking), stage_event_line(stage)});
         finish_target(t, FleetVerb::Apply, exited(4, error_doc("guest", "unresolved symbol foo")));
-        EXPECT_EQ(t.outcome, TargetOutcome::Failed) << stage;
-        EXPECT_TRUE(t.changed_guest) << stage;
+        EXPECT_EQ(t.outcome, TargetOutcome::Failed) << to_string(stage);
+        EXPECT_TRUE(t.changed_guest) << to_string(stage);
     }
     FleetTarget p = running();  // a pass alone also means the guest was changed
     feed(p, {pass_event_line(sample_progress())});
@@ -198,13 +198,13 @@ TEST(FleetClassify, OtherErrorKindsAreFailedEvenBeforeAnyChange) {
 
 TEST(FleetClassify, AlreadyAppliedAndNotApplied) {
     FleetTarget t = running();
-    feed(t, {stage_event_line("checking"), stage_event_line("already-applied")});
+    feed(t, {stage_event_line(OperationStage::Checking), stage_event_line(OperationStage::AlreadyApplied)});
     finish_target(t, FleetVerb::Apply, exited(2, error_doc("usage", "patch livepatch_cmdline is already on qmp:/x (applied)")));
     EXPECT_EQ(t.outcome, TargetOutcome::AlreadyApplied);
     EXPECT_EQ(state_label(t), "already-applied");
 
     FleetTarget r = running();
-    feed(r, {stage_event_line("checking"), stage_event_line("not-applied")});
+    feed(r, {stage_event_line(OperationStage::Checking), stage_event_line(OperationStage::NotApplied)});
     finish_target(r, FleetVerb::Revert, exited(2, error_doc("usage", "no patch livepatch_cmdline on qmp:/x (nothing applied)")));
     EXPECT_EQ(r.outcome, TargetOutcome::NotApplied);
 
@@ -216,7 +216,7 @@ TEST(FleetClassify, AlreadyAppliedAndNotApplied) {
 
 TEST(FleetClassify, KilledChildIsFailedAndPointsAtStatusIfItHadChangedTheGuest) {
     FleetTarget t = running("qmp:/run/b.qmp");
-    feed(t, {stage_event_line("loading")});
+    feed(t, {stage_event_line(OperationStage::Loading)});
     ChildExit c;
     c.started = true;
     c.signal = SIGKILL;
@@ -287,10 +287,10 @@ std::vector<FleetTarget> mixed_targets() {
     FleetTarget queued;
     queued.target = "qmp:/run/c.qmp";
     FleetTarget moving = running("qmp:/run/a.qmp");
-    feed(moving, {stage_event_line("loading"), pass_event_line(sample_progress())});
+    feed(moving, {stage_event_line(OperationStage::Loading), pass_event_line(sample_progress())});
     moving.elapsed = 1234ms;
     FleetTarget skipped = running("qmp:/run/b.qmp");
-    feed(skipped, {stage_event_line("checking")});
+    feed(skipped, {stage_event_line(OperationStage::Checking)});
     skipped.elapsed = 800ms;
     finish_target(skipped, FleetVerb::Apply, exited(4, error_doc("guest", "vermagic mismatch")));
     ts.push_back(moving);
