@@ -76,6 +76,7 @@
 #include "support/example_patches.h"
 #include "support/run_command.h"
 #include "support/test_guest.h"
+#include "support/test_modules.h"
 
 namespace {
 
@@ -203,11 +204,6 @@ struct ScratchDir {
     }
 };
 
-std::string read_host_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error(ErrorKind::Internal, "cannot read " + path);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 // One .ko for both loaders: the example stripped of its debug info (what
 // fits the serial channel; code and every other section unchanged), at

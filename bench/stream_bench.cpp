@@ -27,8 +27,6 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -42,6 +40,7 @@
 #include "hvpatch/error.h"
 #include "support/run_command.h"
 #include "support/test_guest.h"
+#include "support/test_modules.h"
 
 namespace {
 
@@ -52,17 +51,6 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 namespace fs = std::filesystem;
-
-std::string read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error(ErrorKind::Internal, "cannot read " + path);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-std::string trimmed(std::string text) {
-    while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-    return text;
-}
 
 // The kernel log timestamp (seconds) of the first line containing `text`.
 std::optional<double> log_time(const std::string& dmesg, const std::string& text) {
@@ -93,22 +81,16 @@ int main(int argc, char** argv) {
     auto reps = parse_reps(argc, argv, 3, "stream_bench");
     if (!reps) return 2;
     try {
-        const std::string release = trimmed(read_file(test_guest_dir() + "/release"));
+        const std::string release = test_guest_release();
         char work[] = "/tmp/hvpatch-stream-bench-XXXXXX";
         if (!mkdtemp(work)) throw Error(ErrorKind::Internal, "mkdtemp");
         const std::string dir = work;
-        CommandOptions build_options;
-        build_options.timeout = 300s;
-        RunningCommand build({"sh", "-c",
-                              "cp -r \"$0\"/. \"$1\"/ && make -s -C /usr/src/linux-headers-\"$2\" M=\"$1\" "
-                              "KBUILD_MODPOST_WARN=1 modules && strip --strip-debug \"$1\"/stream_v1.ko \"$1\"/stream_v2.ko",
-                              source_dir() + "/tests/integration/patches/livepatch-stream", dir, release},
-                             build_options);
+        auto build = start_kbuild("livepatch-stream", dir, release, /*strip=*/true);
         auto guest = TestGuest::boot();
-        CommandResult built = build.wait();
+        CommandResult built = build->wait();
         if (built.exit_code != 0) throw Error(ErrorKind::Internal, "building the stream modules: " + built.describe());
         for (const char* m : {"stream_v1", "stream_v2"})
-            guest->put_file(std::string("/tmp/") + m + ".ko", read_file(dir + "/" + m + ".ko"));
+            guest->put_file(std::string("/tmp/") + m + ".ko", read_host_file(dir + "/" + m + ".ko"));
         const std::vector<std::string> hv = {hvpatch_binary(), "--state-dir", dir + "/state", "--audit-log",
                                              dir + "/audit.jsonl"};
         auto hvpatch = [&](std::vector<std::string> args) {

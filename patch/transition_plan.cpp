@@ -95,43 +95,43 @@ std::vector<std::uint8_t> expected_site_bytes(const VmState& state, std::uint64_
     return {};
 }
 
-TransitionPlan plan_patching(const VmState& state, const std::string& name) {
-    const AppliedPatch& patch = patch_named(state, name);
-    TransitionPlan plan;
-    plan.patch = name;
-    plan.target = kKlpPatched;
-    for (const auto& f : patch.functions) {
-        bool top = false;
-        const RedirectedFunction* previous = below(stack_with(state, f.site, patch), patch, top);
-        // klp_check_stack_func, patching: the previous function on the stack.
-        plan.checked.push_back(previous ? running_code(*previous) : original_code(f));
-        if (!top) continue;
-        plan.moves.push_back({f.name, f.site, previous ? rest_bytes(*previous) : f.original, f.to_trampoline,
-                              rest_bytes(f), f.trampoline, previous ? run_target(*previous) : f.site + kSiteSize,
-                              run_target(f)});
-    }
-    add_trampolines(patch, plan.checked);
-    if (patch.replace) plan.replaced = patch.replaces;
-    return plan;
-}
+namespace {
 
-TransitionPlan plan_unpatching(const VmState& state, const std::string& name) {
+// Patching moves each site where the patch is the newest from the function
+// below to the patch's own; unpatching the other way. The trampoline is the
+// same both ways: KLP_UNPATCHED tasks go below, the others to the patch.
+TransitionPlan plan_transition(const VmState& state, const std::string& name, int target) {
     const AppliedPatch& patch = patch_named(state, name);
+    const bool patching = target == kKlpPatched;
     TransitionPlan plan;
     plan.patch = name;
-    plan.target = kKlpUnpatched;
+    plan.target = target;
     for (const auto& f : patch.functions) {
         bool top = false;
         const RedirectedFunction* previous = below(stack_with(state, f.site, patch), patch, top);
-        // klp_check_stack_func, unpatching: the function going away.
-        plan.checked.push_back(running_code(f));
+        const std::vector<std::uint8_t> below_rest = previous ? rest_bytes(*previous) : f.original;
+        // klp_check_stack_func: patching, the previous function on the
+        // stack (what runs now); unpatching, the function going away.
+        if (patching) plan.checked.push_back(previous ? running_code(*previous) : original_code(f));
+        else plan.checked.push_back(running_code(f));
         if (!top) continue;
-        plan.moves.push_back({f.name, f.site, rest_bytes(f), f.to_trampoline,
-                              previous ? rest_bytes(*previous) : f.original, f.trampoline,
+        plan.moves.push_back({f.name, f.site, patching ? below_rest : rest_bytes(f), f.to_trampoline,
+                              patching ? rest_bytes(f) : below_rest, f.trampoline,
                               previous ? run_target(*previous) : f.site + kSiteSize, run_target(f)});
     }
     add_trampolines(patch, plan.checked);
+    if (patching && patch.replace) plan.replaced = patch.replaces;
     return plan;
+}
+
+}  // namespace
+
+TransitionPlan plan_patching(const VmState& state, const std::string& name) {
+    return plan_transition(state, name, kKlpPatched);
+}
+
+TransitionPlan plan_unpatching(const VmState& state, const std::string& name) {
+    return plan_transition(state, name, kKlpUnpatched);
 }
 
 std::vector<RedirectedFunction> replace_nops(const VmState& state, const std::string& replacing,

@@ -31,9 +31,7 @@
 
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
-#include <iterator>
 #include <memory>
 #include <span>
 #include <sstream>
@@ -47,6 +45,7 @@
 #include "support/example_patches.h"
 #include "support/run_command.h"
 #include "support/test_guest.h"
+#include "support/test_modules.h"
 
 namespace hvpatch::test {
 namespace {
@@ -64,16 +63,6 @@ constexpr const char* kTarget = "test_klp_callbacks_mod";
 constexpr const char* kBusy = "test_klp_callbacks_busy";
 constexpr const char* kLive = "[MODULE_STATE_LIVE] Normal state";
 
-std::string file_contents(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-std::string trimmed(std::string text) {
-    while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-    return text;
-}
-
 // "<patch>: <callback>_callback: vmlinux" / "... <module> -> <state>".
 std::string callback_line(const std::string& patch, const std::string& callback, const std::string& object = "") {
     return patch + ": " + callback + "_callback: " + (object.empty() ? "vmlinux" : object + " -> " + kLive);
@@ -82,7 +71,7 @@ std::string callback_line(const std::string& patch, const std::string& callback,
 class KlpSelftestsTest : public ::testing::Test {
 protected:
     static void SetUpTestSuite() {
-        release_ = trimmed(file_contents(test_guest_dir() + "/release"));
+        release_ = test_guest_release();
         char work[] = "/tmp/hvpatch-klp-selftests-XXXXXX";
         if (!mkdtemp(work)) throw std::runtime_error("mkdtemp failed");
         build_dir_ = work;
@@ -97,7 +86,7 @@ protected:
         modules_build_ = build->wait();
         if (!guest_ || modules_build_.exit_code != 0) return;
         for (const char* target : {kTarget, kBusy})
-            guest_->put_file(std::string("/tmp/") + target + ".ko", file_contents(ko("lib", target)));
+            guest_->put_file(std::string("/tmp/") + target + ".ko", read_host_file(ko("lib", target)));
         guest_->run_ok(std::string("insmod /tmp/") + kBusy + ".ko block_transition=N");
         original_cmdline_ = guest_->run_ok("cat /proc/cmdline");
     }
@@ -200,7 +189,7 @@ protected:
         return out;
     }
     static std::string sha256_of_file(const std::string& path) {
-        const std::string bytes = file_contents(path);
+        const std::string bytes = read_host_file(path);
         return sha256_hex(std::as_bytes(std::span(bytes)));
     }
     // `patch`'s callback lines for the objects loaded in this suite
@@ -422,7 +411,7 @@ TEST_F(KlpSelftestsTest, StateIncompatibleCumulativeLivepatches) {
 
 TEST_F(KlpSelftestsTest, ShadowVariableSamples) {
     constexpr const char* kMod = "livepatch_shadow_mod";
-    guest_->put_file("/tmp/livepatch-shadow-mod.ko", file_contents(ko("samples", "livepatch-shadow-mod")));
+    guest_->put_file("/tmp/livepatch-shadow-mod.ko", read_host_file(ko("samples", "livepatch-shadow-mod")));
     guest_->run_ok("insmod /tmp/livepatch-shadow-mod.ko");
     ASSERT_TRUE(wait_for_log("dummy_alloc: dummy @", 15s));
     // Step 2: fix1. Dummies allocated before it leak (no shadow variable);

@@ -29,8 +29,6 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -42,6 +40,7 @@
 #include "support/example_patches.h"
 #include "support/run_command.h"
 #include "support/test_guest.h"
+#include "support/test_modules.h"
 
 namespace hvpatch::test {
 namespace {
@@ -50,32 +49,14 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 namespace fs = std::filesystem;
 
-std::string read_file(const std::string& path) {
-    std::ifstream in(path);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-std::string trimmed(std::string text) {
-    while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-    return text;
-}
-
 class PatchStreamsTest : public ::testing::Test {
 protected:
     static void SetUpTestSuite() {
-        release_ = trimmed(read_file(test_guest_dir() + "/release"));
+        release_ = test_guest_release();
         char work[] = "/tmp/hvpatch-streams-build-XXXXXX";
         if (!mkdtemp(work)) throw std::runtime_error("mkdtemp failed");
         build_dir_ = work;
-        CommandOptions build_options;
-        build_options.timeout = 300s;
-        // kbuild (~15 s here) while the guest boots.
-        auto build = std::make_unique<RunningCommand>(
-            std::vector<std::string>{"sh", "-c",
-                                     "cp -r \"$0\"/. \"$1\"/ && make -C /usr/src/linux-headers-\"$2\" M=\"$1\" "
-                                     "KBUILD_MODPOST_WARN=1 modules",
-                                     source_dir() + "/tests/integration/patches/livepatch-stream", build_dir_, release_},
-            build_options);
+        auto build = start_kbuild("livepatch-stream", build_dir_, release_);  // ~15 s, while the guest boots
         guest_ = TestGuest::boot().release();
         modules_build_ = build->wait();
         if (guest_) {
