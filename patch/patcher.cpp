@@ -25,6 +25,7 @@
 #include "patch/operation_lock.h"
 #include "patch/posix_file.h"
 #include "patch/supported_kernels.h"
+#include "patch/system_states.h"
 #include "patch/transition_plan.h"
 #include "patch/vm_state_store.h"
 #include "vmm/interrupt.h"
@@ -671,21 +672,6 @@ void guest_log(Patcher::Session& s, const AppliedPatch& patch, const std::string
     }
 }
 
-// What klp_get_prev_state() answers `patch` now: the states of the patches
-// before it in the record (the core walks klp_patches up to the patch in
-// transition), the last match winning; patches it is replacing count until
-// they are freed, as they stay on klp_patches until then.
-std::vector<std::pair<std::uint64_t, std::uint64_t>> previous_states(const VmState& state, const AppliedPatch& patch) {
-    std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
-    for (const auto& p : state.patches) {
-        if (p.name == patch.name) break;
-        const bool replaced = std::ranges::find(patch.replaces, p.name) != patch.replaces.end();
-        if (!is_live(p) && !(p.phase == PatchPhase::Freeing && replaced)) continue;
-        for (const auto& st : p.states) out.emplace_back(st.id, st.address);
-    }
-    return out;
-}
-
 // Runs one callback of every object of `patch` whose module is loaded, in
 // array order, in the guest (guest calls at a safe point), with the
 // core's bookkeeping (kernel/livepatch/core.h): pre_patch decides
@@ -734,28 +720,6 @@ void run_before_finish(Patcher::Session& s) {
     s.thaw();
     s.options.before_finish();
     s.freeze();
-}
-
-// klp_is_patch_compatible(): every system state a live patch on the VM
-// introduced must be kept, in the same or a newer version, by a new patch
-// that declares it; a cumulative patch must declare them all. Empty: compatible.
-std::string state_refusal(const VmState& state, const std::string& name, const std::vector<PatchState>& states,
-                          bool replace) {
-    for (const auto& p : state.patches) {
-        if (!is_live(p) || p.name == name) continue;
-        for (const auto& old : p.states) {
-            auto it = std::ranges::find_if(states, [&](const PatchState& st) { return st.id == old.id; });
-            if (it == states.end() && replace)
-                return "the patch is not compatible with the patches on this VM (klp_is_patch_compatible): patch " +
-                       p.name + " introduced system state " + std::to_string(old.id) + " (version " +
-                       std::to_string(old.version) + "), which this cumulative patch does not keep";
-            if (it != states.end() && it->version < old.version)
-                return "the patch is not compatible with the patches on this VM (klp_is_patch_compatible): it has "
-                       "system state " + std::to_string(old.id) + " in version " + std::to_string(it->version) +
-                       ", older than version " + std::to_string(old.version) + " of patch " + p.name;
-        }
-    }
-    return "";
 }
 
 // Where the klp_get_prev_state copy at `stub` returns through: the guest's

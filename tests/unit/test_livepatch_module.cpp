@@ -471,6 +471,89 @@ TEST(LivepatchModule, RefusesAModuleWithoutKlpPatch) {
     }
 }
 
+// A static klp_patch with klp_object callbacks and klp_patch.states:
+// patch {mod, objs, states}, object {name, funcs, callbacks[5]}, state
+// {id, version, data}.
+GuestLayouts::Livepatch callbacks_layouts() {
+    GuestLayouts::Livepatch L = test_layouts();
+    L.patch.size = 24;
+    L.patch.states = {16, 8, "states"};
+    L.object.size = 56;
+    L.object.callbacks = {16, 40, "callbacks"};
+    L.state.size = 24;
+    L.state.id = {0, 8, "id"};
+    L.state.version = {8, 4, "version"};
+    L.state.data = {16, 8, "data"};
+    return L;
+}
+
+void write_callbacks_module(const std::string& path, bool terminated_states = true) {
+    ElfWriter w;
+    std::size_t text = w.add_section({".text", SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, std::string(48, '\xcc'), 16});
+    std::size_t rodata = w.add_section({".rodata.str1.1", SHT_PROGBITS, SHF_ALLOC | SHF_MERGE | SHF_STRINGS,
+                                        std::string("vmlinux_fn\0", 11), 1, 1});
+    w.add_section({".modinfo", SHT_PROGBITS, SHF_ALLOC, modinfo(), 1});
+    std::string data(terminated_states ? 272 : 248, '\0');
+    data[200] = 5;  // states[0]: id 5, version 2
+    data[208] = 2;
+    data[224] = 9;  // states[1]: id 9, version 1
+    data[232] = 1;
+    std::size_t dsec = w.add_section({".data", SHT_PROGBITS, SHF_ALLOC | SHF_WRITE, data, 32});
+    std::size_t mod = w.add_section({".gnu.linkonce.this_module", SHT_PROGBITS, SHF_ALLOC | SHF_WRITE, std::string(64, '\0'), 64});
+    std::uint32_t text_sym = w.section_symbol(text);
+    std::uint32_t ro_sym = w.section_symbol(rodata);
+    std::uint32_t data_sym = w.section_symbol(dsec);
+    w.add_symbol("new_a", 0, 16, STT_FUNC, STB_LOCAL, text);
+    w.add_symbol("pre_patch_cb", 16, 8, STT_FUNC, STB_LOCAL, text);
+    w.add_symbol("post_unpatch_cb", 24, 8, STT_FUNC, STB_LOCAL, text);
+    w.add_symbol("the_patch", 0, 24, STT_OBJECT, STB_LOCAL, dsec);
+    std::uint32_t this_module = w.add_symbol("__this_module", 0, 64, STT_OBJECT, STB_GLOBAL, mod);
+    w.add_rela(dsec, 0, R_X86_64_64, this_module, 0);
+    w.add_rela(dsec, 8, R_X86_64_64, data_sym, 32);    // objs
+    w.add_rela(dsec, 16, R_X86_64_64, data_sym, 200);  // states
+    w.add_rela(dsec, 32 + 8, R_X86_64_64, data_sym, 144);        // objs[0].funcs
+    w.add_rela(dsec, 32 + 16, R_X86_64_64, text_sym, 16);        // .callbacks.pre_patch
+    w.add_rela(dsec, 32 + 16 + 24, R_X86_64_64, text_sym, 24);   // .callbacks.post_unpatch
+    w.add_rela(dsec, 144, R_X86_64_64, ro_sym, 0);                // funcs[0].old_name
+    w.add_rela(dsec, 152, R_X86_64_64, text_sym, 0);              // funcs[0].new_func
+    w.write(path);
+}
+
+TEST(LivepatchModule, DecodesObjectCallbacksAndSystemStates) {
+    TempFile f;
+    write_callbacks_module(f.path());
+    auto m = LivepatchModule::open(f.path());
+    const auto L = callbacks_layouts();
+    auto funcs = m.patched_functions(L);
+    ASSERT_EQ(funcs.size(), 1u);
+    EXPECT_EQ(funcs[0], (PatchedFunction{"", "vmlinux_fn", 0, "new_a"}));
+    auto objects = m.patch_objects(L);
+    ASSERT_EQ(objects.size(), 1u);
+    EXPECT_EQ(objects[0].name, "");
+    EXPECT_EQ(objects[0].callbacks, (std::array<bool, 4>{true, false, false, true}));
+    EXPECT_TRUE(objects[0].has_callbacks());
+    auto states = m.patch_states(L);
+    ASSERT_EQ(states.size(), 2u);
+    EXPECT_EQ(states[0].id, 5u);
+    EXPECT_EQ(states[0].version, 2u);
+    EXPECT_EQ(states[1].id, 9u);
+    EXPECT_EQ(states[1].version, 1u);
+    EXPECT_FALSE(m.replaces(L)) << "no replace field in this layout";
+}
+
+TEST(LivepatchModule, RefusesAStatesArrayWithoutItsTerminator) {
+    TempFile f;
+    write_callbacks_module(f.path(), /*terminated_states=*/false);
+    auto m = LivepatchModule::open(f.path());
+    try {
+        m.patch_states(callbacks_layouts());
+        ADD_FAILURE() << "a klp_state array running off its section was accepted";
+    } catch (const Error& e) {
+        EXPECT_THAT(e.what(), HasSubstr("has no terminating entry"));
+        EXPECT_EQ(e.kind(), ErrorKind::Usage);
+    }
+}
+
 // klp-build's form (Linux 6.19+): .init.klp_objects / .init.klp_funcs and
 // an init that builds the klp_patch. `replace_store`: the init's byte store
 // into klp_patch.replace (absent: built with --no-replace); `callbacks`:
