@@ -3,10 +3,9 @@
 #include "guest-shim/prev_state.h"
 
 #include <cstring>
-#include <limits>
 #include <string>
 
-#include "hvpatch/address.h"
+#include "guest-shim/trampoline.h"
 #include "hvpatch/error.h"
 
 extern "C" {
@@ -60,13 +59,11 @@ std::vector<std::byte> build_prev_state(std::uint64_t address, std::uint64_t ret
     check_layout();
     std::vector<std::byte> blob(hvpatch_prev_state_size);
     std::memcpy(blob.data(), hvpatch_prev_state_template, blob.size());
+    // The return jump, encoded (and its reach checked) as every hvpatch jmp rel32.
+    const std::uint64_t jmp_at = address + hvpatch_prev_state_return_field - 1;
     const std::uint64_t next = address + hvpatch_prev_state_ret_offset;
-    const std::uint64_t target = return_target ? return_target : next;  // rel32 0: on to the `ret`
-    const auto distance = static_cast<std::int64_t>(target - next);
-    if (distance < std::numeric_limits<std::int32_t>::min() || distance > std::numeric_limits<std::int32_t>::max())
-        throw Error(ErrorKind::Guest, "klp_get_prev_state copy at " + hex(address) + ": the return thunk at " +
-                                          hex(return_target) + " is beyond rel32 reach");
-    store_le(&blob[hvpatch_prev_state_return_field], static_cast<std::uint32_t>(static_cast<std::int32_t>(distance)), 4);
+    const auto jmp = jmp_rel32(jmp_at, return_target ? return_target : next);  // rel32 0: on to the `ret`
+    std::memcpy(&blob[hvpatch_prev_state_return_field], &jmp[1], 4);
     return blob;
 }
 

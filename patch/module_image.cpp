@@ -1025,7 +1025,7 @@ void Linker::apply_returns(const KoSection& s) {
         }
         std::array<std::uint8_t, 5> bytes{};
         std::size_t k = 0;
-        bool want_thunk = rethunk && (!its_return_thunk || return_thunk != *its_return_thunk || !(addr & 0x20));
+        bool want_thunk = uses_return_thunk(rethunk, return_thunk, its_return_thunk, addr);
         if (want_thunk) {
             auto d = static_cast<std::int64_t>(return_thunk - (addr + 5));
             if (!fits_s32(d))
@@ -1755,6 +1755,17 @@ ModuleLayout plan_module_layout(const LivepatchModule& module, std::uint64_t ext
                 [](const KoSection&, const SectionFate& f) { return f.fate == Fate::Data; });
     layout.data_size = align_up(end, kModulePageSize) - layout.text_size - layout.rodata_size;
     return layout;
+}
+
+bool uses_return_thunk(bool rethunk, std::uint64_t return_thunk, std::optional<std::uint64_t> its_return_thunk,
+                       std::uint64_t address) {
+    return rethunk && (!its_return_thunk || return_thunk != *its_return_thunk || !(address & 0x20));
+}
+
+std::uint64_t ModuleImage::image_offset(std::size_t section, std::uint64_t offset, const std::string& what) const {
+    auto it = layout.section_offset.find(section);
+    if (it == layout.section_offset.end()) throw Error(ErrorKind::Guest, what + " is in a section hvpatch does not load");
+    return it->second + offset;
 }
 
 std::uint64_t ModuleImage::symbol_address(std::string_view name) const {

@@ -151,6 +151,10 @@ struct ModuleImage {
     // global one of that name, else the only local one. Error(Usage) if
     // absent or if several local symbols share the name.
     std::uint64_t symbol_address(std::string_view name) const;
+    // Offset in `bytes` of (section index, offset in it) of the module, for
+    // a structure hvpatch fills in or points the guest at; Error(Guest)
+    // naming `what` if that section is not loaded.
+    std::uint64_t image_offset(std::size_t section, std::uint64_t offset, const std::string& what) const;
 
     // [start, end) of each defined FUNC symbol in loaded text, for stack checks.
     std::vector<std::tuple<std::string, std::uint64_t, std::uint64_t>> functions;
@@ -180,6 +184,13 @@ struct ModuleImage {
         return address >= base && length <= bytes.size() && address - base <= bytes.size() - length;
     }
 };
+
+// Whether a return at `address` goes through the return thunk, as the
+// guest's patch_return() decides it: with return thunks on (`rethunk`,
+// thunk `return_thunk`), except that the ITS return thunk serves only
+// returns in the lower half of a cache line; else a plain ret.
+bool uses_return_thunk(bool rethunk, std::uint64_t return_thunk, std::optional<std::uint64_t> its_return_thunk,
+                       std::uint64_t address);
 
 // Links `module` for the allocation at `base` (page-aligned, module area):
 // lays out and copies the sections, resolves every symbol, applies every

@@ -732,12 +732,8 @@ std::uint64_t return_thunk_for(GuestKernel& kernel, const GuestLinkFacts& facts,
         thunk = kernel.memory().read_u64(GuestVirtAddr{*pointer});
     else
         thunk = kernel.symbol("__x86_return_thunk");
-    // ITS: the ITS return thunk serves only returns in the lower half of a
-    // cache line (as the loader decides for the module's own).
-    auto its = kernel.find_symbol("its_return_thunk");
     const std::uint64_t jmp_at = stub + shim::prev_state_ret_jump_offset();
-    if (its && thunk == *its && (jmp_at & 0x20)) return 0;
-    return thunk;
+    return uses_return_thunk(true, thunk, kernel.find_symbol("its_return_thunk"), jmp_at) ? thunk : 0;
 }
 
 std::string pending_callbacks_warning(const std::string& object) {
@@ -776,10 +772,7 @@ std::vector<AppliedPatch::Object> callback_objects(GuestKernel& kernel, const Li
     for (const auto& po : module.patch_objects(L)) {
         if (!po.has_callbacks()) continue;
         const std::string label = po.name.empty() ? "vmlinux" : po.name;
-        auto section = image.layout.section_offset.find(po.section);
-        if (section == image.layout.section_offset.end())
-            throw Error(ErrorKind::Guest, "klp_object '" + label + "' is in a section hvpatch does not load");
-        const std::uint64_t at = section->second + po.offset;
+        const std::uint64_t at = image.image_offset(po.section, po.offset, "klp_object '" + label + "'");
         if (at + L.object.size > image.bytes.size() || L.object.callbacks.size < 32)
             throw Error(ErrorKind::Internal, "klp_object '" + label + "' lies outside the image");
         AppliedPatch::Object o;
@@ -967,6 +960,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
             free_patch(s, *patch);
             patch = nullptr;
         }
+        bool resumed_transition = false;
         if (!patch) {
             if (auto why = unsupported_kernel_reason(s.kernel->info().release)) throw Error(ErrorKind::Guest, *why);
             if (!options_.force_vermagic) module.check_compatible(s.kernel->info().release);
@@ -1061,22 +1055,18 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
                     std::copy(blob.begin(), blob.end(),
                               image.bytes.begin() + static_cast<std::ptrdiff_t>(layout.extra_text_offset + prev_state_offset));
                 }
-                for (const auto& st : states) {
-                    auto section = image.layout.section_offset.find(st.section);
-                    if (section == image.layout.section_offset.end())
-                        throw Error(ErrorKind::Guest, "klp_state " + std::to_string(st.id) + " is in a section hvpatch does not load");
-                    patch->states.push_back({st.id, st.version, base + section->second + st.offset});
-                }
+                for (const auto& st : states)
+                    patch->states.push_back(
+                        {st.id, st.version, base + image.image_offset(st.section, st.offset, "klp_state " + std::to_string(st.id))});
                 report.loader_actions = image.actions;
                 // klp_func.old_func, as klp_init_func() sets it: patch code
                 // may call the old function through it (example 3 does).
                 const auto& func_layout = L.func;
                 for (std::size_t i = 0; i < functions.size(); ++i) {
                     if (!wanted[i].has_klp_func) continue;  // klp-build: no klp_func in the module
-                    auto section = image.layout.section_offset.find(wanted[i].func_section);
-                    if (section == image.layout.section_offset.end())
-                        throw Error(ErrorKind::Guest, "klp_func of " + wanted[i].old_name + " is in a section hvpatch does not load");
-                    std::uint64_t at = section->second + wanted[i].func_offset + func_layout.old_func.offset;
+                    std::uint64_t at = image.image_offset(wanted[i].func_section, wanted[i].func_offset,
+                                                          "klp_func of " + wanted[i].old_name) +
+                                       func_layout.old_func.offset;
                     if (func_layout.old_func.size != 8 || at + 8 > image.bytes.size())
                         throw Error(ErrorKind::Internal, "klp_func.old_func of " + wanted[i].old_name + " lies outside the image");
                     std::memcpy(image.bytes.data() + at, &functions[i].entry, 8);
@@ -1157,6 +1147,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
             }
         } else {
             s.stage(OperationStage::Transition);  // resumed: an earlier run left the patch mid-transition
+            resumed_transition = true;
         }
         report.base = patch->base;
         report.size = patch->size;
@@ -1164,7 +1155,7 @@ OperationReport Patcher::apply(const std::string& module_path, bool resume) {
 
         TransitionEngine engine{s};
         TransitionPlan plan = plan_patching(s.state, name);
-        engine.redirect(plan);  // resumed: whatever the interrupted run had not written yet
+        if (resumed_transition) engine.redirect(plan);  // whatever the interrupted run had not written yet
         TransitionPass pass = engine.converge(plan, Clock::now() + options_.timeout);
         report.outcome = OperationOutcome::Applied;
         if (!pass.complete()) {
@@ -1364,12 +1355,6 @@ CheckReport Patcher::check(const std::string& module_path) {
             });
             if (std::string why = unfinished_transition(s.state, module.name()); !why.empty())
                 report.refusals.push_back(why);
-            // What tasks leave when they switch: the code that runs now.
-            auto leaving = [&](const RedirectedFunction& f) {
-                auto stack = function_stack(s.state, f.site);
-                return stack.empty() ? CheckedFunction{f.name, f.entry, f.entry + std::max<std::uint64_t>(f.size, 1)}
-                                     : running_code(*stack.back().function);
-            };
             note([&] {
                 const auto& L = *s.kernel->layouts().livepatch;
                 std::vector<RedirectedFunction> planned;
@@ -1377,18 +1362,20 @@ CheckReport Patcher::check(const std::string& module_path) {
                     FunctionPlan plan = plan_function(*s.kernel, pf, s.state);
                     if (!plan.refusal.empty()) report.refusals.push_back(plan.refusal);
                     if (plan.function.entry) {
-                        checked.push_back(leaving(plan.function));
+                        checked.push_back(code_running_now(s.state, plan.function));
                         planned.push_back(plan.function);
                     }
                     report.functions.push_back(std::move(plan));
                 }
+                std::optional<std::vector<GuestModule>> modules;  // listed once, if a module object has callbacks
                 for (const auto& po : module.patch_objects(L)) {
                     if (!po.has_callbacks()) continue;
                     std::string names;
                     for (std::size_t i = 0; i < 4; ++i)
                         if (po.callbacks[i]) names += (names.empty() ? "" : ", ") + std::string(kKlpCallbackNames[i]);
+                    if (!po.name.empty() && !modules) modules = list_modules(*s.kernel);
                     const bool loaded = po.name.empty() ||
-                                        std::ranges::any_of(list_modules(*s.kernel), [&](const GuestModule& m) { return m.name == po.name; });
+                                        std::ranges::any_of(*modules, [&](const GuestModule& m) { return m.name == po.name; });
                     report.callbacks.push_back((po.name.empty() ? std::string("vmlinux") : po.name) + ": " + names +
                                                (loaded ? "" : " (module not loaded: not run)"));
                     if (!loaded) report.warnings.push_back(pending_callbacks_warning(po.name));
@@ -1402,7 +1389,7 @@ CheckReport Patcher::check(const std::string& module_path) {
                 if (report.replace) {
                     report.replaces = replaced_by(s.state, module.name());
                     for (const auto& nop : replace_nops(s.state, module.name(), planned)) {
-                        checked.push_back(leaving(nop));
+                        checked.push_back(code_running_now(s.state, nop));
                         report.restores.push_back(nop.name);
                     }
                 }

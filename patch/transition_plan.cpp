@@ -19,12 +19,12 @@ const AppliedPatch& patch_named(const VmState& state, const std::string& name) {
     throw Error(ErrorKind::Internal, "transition plan: no patch " + name + " in the record");
 }
 
-// The stack of `site` with `moving` counted as live whatever its phase
-// (a patch about to start its transition, or one being taken out).
-std::vector<StackEntry> stack_with(const VmState& state, std::uint64_t site, const AppliedPatch& moving) {
+// The stack of `site`, with `moving` (if any) counted as live whatever its
+// phase (a patch about to start its transition, or one being taken out).
+std::vector<StackEntry> stack_with(const VmState& state, std::uint64_t site, const AppliedPatch* moving) {
     std::vector<StackEntry> stack;
     for (const auto& p : state.patches) {
-        if (!is_live(p) && &p != &moving) continue;
+        if (!is_live(p) && &p != moving) continue;
         for (const auto& f : p.functions)
             if (f.site == site) stack.push_back({&p, &f});
     }
@@ -60,13 +60,12 @@ void add_trampolines(const AppliedPatch& patch, std::vector<CheckedFunction>& ch
 }  // namespace
 
 std::vector<StackEntry> function_stack(const VmState& state, std::uint64_t site) {
-    std::vector<StackEntry> stack;
-    for (const auto& p : state.patches) {
-        if (!is_live(p)) continue;
-        for (const auto& f : p.functions)
-            if (f.site == site) stack.push_back({&p, &f});
-    }
-    return stack;
+    return stack_with(state, site, nullptr);
+}
+
+CheckedFunction code_running_now(const VmState& state, const RedirectedFunction& function) {
+    auto stack = function_stack(state, function.site);
+    return stack.empty() ? original_code(function) : running_code(*stack.back().function);
 }
 
 std::vector<std::uint8_t> rest_bytes(const RedirectedFunction& function) {
@@ -108,7 +107,7 @@ TransitionPlan plan_transition(const VmState& state, const std::string& name, in
     plan.target = target;
     for (const auto& f : patch.functions) {
         bool top = false;
-        const RedirectedFunction* previous = below(stack_with(state, f.site, patch), patch, top);
+        const RedirectedFunction* previous = below(stack_with(state, f.site, &patch), patch, top);
         const std::vector<std::uint8_t> below_rest = previous ? rest_bytes(*previous) : f.original;
         // klp_check_stack_func: patching, the previous function on the
         // stack (what runs now); unpatching, the function going away.

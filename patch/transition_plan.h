@@ -64,6 +64,11 @@ std::vector<std::uint8_t> rest_bytes(const RedirectedFunction& function);
 std::uint64_t run_target(const RedirectedFunction& function);
 CheckedFunction running_code(const RedirectedFunction& function);
 
+// The code a task runs now where `function` redirects (the newest live
+// patch's, or the original function): what a new patch's transition checks
+// stacks for there (klp_check_stack_func when patching).
+CheckedFunction code_running_now(const VmState& state, const RedirectedFunction& function);
+
 // What the site of `function` should hold now, from the record: the top's
 // rest bytes (applied) or trampoline jump (patching, unpatching), the
 // original bytes if nothing is live there.

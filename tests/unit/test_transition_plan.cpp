@@ -191,6 +191,21 @@ TEST(TransitionPlan, ExpectedSiteBytesFollowTheTopsPhase) {
     EXPECT_TRUE(expected_site_bytes(s, 0x1234).empty()) << "a site no record knows";
 }
 
+TEST(TransitionPlan, CodeRunningNowIsTheNewestPatchsOrTheOriginal) {
+    VmState s = state_of({patch("a", 0xffffffffc0010000, {kVersionEntry}), patch("b", 0xffffffffc0020000, {kVersionEntry})});
+    RedirectedFunction candidate = s.patches[0].functions[0];
+    CheckedFunction now = code_running_now(s, candidate);
+    const RedirectedFunction& newest = s.patches[1].functions[0];
+    EXPECT_EQ(now.start, newest.new_address);
+    EXPECT_EQ(now.end, newest.new_address + newest.new_size);
+    s.patches[1].phase = PatchPhase::Freeing;
+    EXPECT_EQ(code_running_now(s, candidate).start, s.patches[0].functions[0].new_address);
+    s.patches[0].phase = PatchPhase::Freeing;
+    now = code_running_now(s, candidate);
+    EXPECT_EQ(now.start, kVersionEntry);
+    EXPECT_EQ(now.end, kVersionEntry + 0x40);
+}
+
 TEST(TransitionPlan, UnknownPatchIsAnInternalError) {
     VmState s;
     EXPECT_THROW(plan_patching(s, "nothing"), Error);
